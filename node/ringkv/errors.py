@@ -1,0 +1,62 @@
+"""The one error hierarchy of ringkv.
+
+Every error a caller may want to handle derives from `RingkvError` and carries a stable machine-readable
+`code` (used as the `error` field of HTTP error bodies) next to its human message.
+"""
+
+from __future__ import annotations
+
+
+class RingkvError(Exception):
+    """Base of every ringkv error."""
+
+    code: str = "internal_error"
+
+
+class StorageError(RingkvError):
+    """The storage engine could not do what was asked."""
+
+    code = "storage_error"
+
+
+class CorruptionError(StorageError):
+    """Bytes on disk failed a checksum or a structural check. Names the file; never returns wrong data."""
+
+    code = "storage_corruption"
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"corrupt data in {path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class EngineClosedError(StorageError):
+    """The engine was used after `close()`."""
+
+    code = "storage_closed"
+
+
+class InvalidContextError(RingkvError):
+    """A causal context from a client is not one ringkv issued: bad base64, msgpack, shape or size."""
+
+    code = "invalid_context"
+
+
+class InvalidRecordError(RingkvError):
+    """Bytes that should hold a versioned record (stored or replicated) do not; never returns wrong data."""
+
+    code = "invalid_record"
+
+
+class TooManySiblingsError(RingkvError):
+    """A write would leave more concurrent versions of a key than the limit; nothing was written."""
+
+    code = "too_many_siblings"
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"write would leave {count} concurrent versions of the key (limit {limit}); "
+            "read the key and write back with its context to resolve them"
+        )
+        self.count = count
+        self.limit = limit
