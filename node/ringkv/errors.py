@@ -60,3 +60,33 @@ class TooManySiblingsError(RingkvError):
         )
         self.count = count
         self.limit = limit
+
+
+class RequestError(RingkvError):
+    """The client's request is malformed. `code` names what is wrong (e.g. `invalid_json`, `missing_field`)."""
+
+    code = "bad_request"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadTooLargeError(RequestError):
+    """The request, or the key plus value it carries, is over its size limit."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """The request body is not `application/json`."""
+
+
+class NotFoundError(RingkvError):
+    """The key is absent or deleted."""
+
+    code = "not_found"
+
+
+class ShuttingDownError(RingkvError):
+    """The node is stopping and takes no new work."""
+
+    code = "shutting_down"

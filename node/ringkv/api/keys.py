@@ -1,0 +1,26 @@
+"""Typed application state keys (aiohttp `AppKey`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ringkv.api.metrics import NodeMetrics
+from ringkv.config import NodeConfig
+from ringkv.replica import Replica
+from ringkv.storage.aio import AsyncEngine
+
+
+@dataclass
+class NodeState:
+    node_id: str
+    storage_open: bool = False
+    stopping: bool = False
+
+
+CONFIG = web.AppKey("config", NodeConfig)
+STATE = web.AppKey("state", NodeState)
+METRICS = web.AppKey("metrics", NodeMetrics)
+ENGINE = web.AppKey("engine", AsyncEngine)
+REPLICA = web.AppKey("replica", Replica)

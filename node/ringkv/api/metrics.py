@@ -1,0 +1,94 @@
+"""Prometheus metrics of a node: prefix `ringkv_`, base units, `_total` counters, bounded label values.
+
+Each app gets its own registry (several nodes can live in one test process). Storage figures are read from
+the engine when scraped (a custom collector), so the hot path only bumps plain integers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ringkv.api.errors import Handler
+from ringkv.storage.engine import Engine
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5)
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+
+class StorageCollector(Collector):
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        if engine is None:
+            return
+        s = engine.stats
+        yield GaugeMetricFamily("ringkv_storage_memtable_bytes", "Bytes held in memtables", engine.memtable_bytes)
+        yield GaugeMetricFamily("ringkv_storage_sstables", "Live SSTables", engine.table_count)
+        yield GaugeMetricFamily("ringkv_storage_sstable_bytes", "Bytes in live SSTables", engine.table_bytes)
+        yield CounterMetricFamily("ringkv_storage_flushes", "Memtables flushed to SSTables", s.flushes)
+        yield CounterMetricFamily("ringkv_storage_compactions", "Compactions finished", s.compactions)
+        yield CounterMetricFamily("ringkv_storage_compaction_written_bytes", "Bytes written by compactions",
+                                  s.compaction_bytes_written)
+        yield CounterMetricFamily("ringkv_storage_write_stalls", "Writes that waited for flushes",
+                                  s.write_stalls)
+        yield CounterMetricFamily("ringkv_storage_torn_tails_recovered",
+                                  "Torn commit-log tails cut off at recovery", s.torn_tails_recovered)
+        bloom = CounterMetricFamily("ringkv_storage_bloom_filter_checks",
+                                    "Bloom filter checks on point reads by outcome", labels=["outcome"])
+        bloom.add_metric(["negative"], s.bloom_negatives)
+        bloom.add_metric(["true_positive"], s.bloom_positives)
+        bloom.add_metric(["false_positive"], s.bloom_false_positives)
+        yield bloom
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.storage = StorageCollector()
+        self.registry.register(self.storage)
+        self.requests = Counter("ringkv_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("ringkv_http_request_duration_seconds", "HTTP request latency",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.siblings = Histogram("ringkv_read_siblings", "Versions returned by a read (1 = no conflict)",
+                                  buckets=(1, 2, 3, 5, 10, 25, 50, 100), registry=self.registry)
+        self.sibling_warnings = Counter("ringkv_sibling_warnings",
+                                        "Reads or writes of keys holding 25 or more siblings",
+                                        registry=self.registry)
+        self.fsync = Histogram("ringkv_storage_commitlog_fsync_duration_seconds",
+                               "Duration of one commit-log fsync (group commit)", buckets=FSYNC_BUCKETS,
+                               registry=self.registry)
+
+    def middleware(self) -> Middleware:
+        requests, latency = self.requests, self.latency
+
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as e:
+                status = e.status
+                raise
+            finally:
+                resource = request.match_info.route.resource
+                route = resource.canonical if resource is not None else "unmatched"
+                method = request.method if request.method in KNOWN_METHODS else "other"
+                requests.labels(route, method, str(status)).inc()
+                latency.labels(route, method).observe(time.perf_counter() - started)
+
+        return record

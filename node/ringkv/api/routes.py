@@ -1,0 +1,92 @@
+"""HTTP handlers: parse (validation), act (replica), answer (JSON). Errors go to `errors.error_middleware`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ringkv.api import keys, openapi, validation
+from ringkv.api.errors import error_response, json_response
+from ringkv.cluster import versions
+from ringkv.cluster.versions import Record
+from ringkv.errors import ShuttingDownError, UnsupportedMediaTypeError
+
+routes = web.RouteTableDef()
+
+
+async def _json_body(request: web.Request) -> bytes:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaTypeError("unsupported_media_type", "request body must be application/json")
+    if request.app[keys.STATE].stopping:
+        raise ShuttingDownError("the node is shutting down")
+    return await request.read()  # bounded by client_max_size: 413 before any parsing
+
+
+def _value(raw: bytes) -> orjson.Fragment:
+    return orjson.Fragment(raw)  # stored values are compact JSON already: no re-encoding
+
+
+def _read_answer(key: str, record: Record, request: web.Request) -> web.Response:
+    metrics = request.app[keys.METRICS]
+    context = versions.encode_context(versions.read_context(record))
+    values = versions.live_values(record)
+    if versions.sibling_warning(record):
+        metrics.sibling_warnings.inc()
+    if not values:
+        extra: dict[str, Any] = {"key": key}
+        if record.versions:
+            extra["context"] = context  # a tombstone's context lets a client write causally after it
+        return error_response(404, "not_found", "key not found", **extra)
+    metrics.siblings.observe(len(values))
+    if len(values) == 1:
+        return json_response({"key": key, "value": _value(values[0]), "context": context})
+    return json_response({"key": key, "siblings": [_value(v) for v in values], "context": context}, 300)
+
+
+@routes.get("/api/v1/getValue")
+@routes.get("/api/v1/get")
+async def get_value(request: web.Request) -> web.Response:
+    key, key_bytes = validation.parse_key_query(request.query)
+    record = await request.app[keys.REPLICA].read(key_bytes)
+    return _read_answer(key, record, request)
+
+
+@routes.post("/api/v1/put")
+async def put(request: web.Request) -> web.Response:
+    req = validation.parse_put(await _json_body(request))
+    record = await request.app[keys.REPLICA].write(req.key_bytes, req.value_json, req.context)
+    return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
+
+
+@routes.post("/api/v1/delete")
+async def delete(request: web.Request) -> web.Response:
+    req = validation.parse_delete(await _json_body(request))
+    record = await request.app[keys.REPLICA].write(req.key_bytes, None, req.context)
+    return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[keys.STATE]
+    if state.stopping or not state.storage_open:
+        return error_response(503, "not_ready", "shutting down" if state.stopping else "storage not open")
+    return json_response({"status": "ready", "node_id": state.node_id})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[keys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(openapi.document())

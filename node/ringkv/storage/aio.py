@@ -1,0 +1,90 @@
+"""An asyncio shell over the engine: nothing here blocks the event loop for long.
+
+- Writes append to the commit log and memtable on the loop thread (microseconds, memory only) and then
+  await the group-commit fsync without holding the loop; a write that would stall on flushes moves to a
+  thread instead.
+- Point reads answered from the memtables stay on the loop; reads that must touch SSTables, scans,
+  flushes, compactions, open and close run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from ringkv.storage.engine import Engine, EngineOptions
+from ringkv.storage.entry import Entry
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, path: str, options: EngineOptions | None = None) -> AsyncEngine:
+        return cls(await asyncio.to_thread(Engine.open, path, options))
+
+    def _durable(self, ticket: int) -> Awaitable[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+        def from_log_thread(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(settle, error)
+
+        self.engine.when_durable(ticket, from_log_thread)
+        return future
+
+    async def write(self, key: bytes, value: bytes | None) -> None:
+        """Put (or delete with `value=None`) and return once durable per the engine's durability mode."""
+        if self.engine.write_would_stall():
+            ticket = await asyncio.to_thread(self.engine.write, key, value)
+        else:
+            ticket = self.engine.write(key, value)
+        await self._durable(ticket)
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        await self.write(key, value)
+
+    async def delete(self, key: bytes) -> None:
+        await self.write(key, None)
+
+    async def get_entry(self, key: bytes) -> Entry | None:
+        entry = self.engine.get_entry(key, memory_only=True)
+        if entry is not None:
+            return entry
+        return await asyncio.to_thread(self.engine.get_entry, key)
+
+    async def get(self, key: bytes) -> bytes | None:
+        self.engine.stats.gets += 1
+        entry = await self.get_entry(key)
+        return None if entry is None else entry.value
+
+    async def scan(self, start: bytes | None = None, end: bytes | None = None,
+                   limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` live pairs in [start, end), read in a thread."""
+
+        def run() -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            for pair in self.engine.scan(start, end):
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(pair)
+            return out
+
+        return await asyncio.to_thread(run)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.engine.flush)
+
+    async def compact(self, full: bool = False) -> bool:
+        return await asyncio.to_thread(self.engine.compact, full)
+
+    async def close(self, flush: bool = True) -> None:
+        await asyncio.to_thread(self.engine.close, flush)
