@@ -74,13 +74,12 @@ import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, NewType
+from typing import Final
 
 import msgpack
 
 from ringkv import errors
-
-NodeId = NewType("NodeId", str)
+from ringkv.cluster.ids import NodeId
 
 SIBLING_WARN_THRESHOLD: Final = 25
 SIBLING_LIMIT: Final = 100
