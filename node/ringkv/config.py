@@ -30,9 +30,61 @@ class NodeConfig:
     log_format: str = "text"  # text | json
     log_level: str = "info"
     shutdown_timeout_s: float = 10.0
+    # cluster
+    cluster_name: str = "ringkv"
+    peer_port: int = 0  # 0: any free port (fine for a lone node; set it for a cluster)
+    advertise_host: str = ""  # default: host
+    seeds: str = ""  # comma-separated host:peer_port
+    replication_factor: int = 3
+    read_quorum: int = 2
+    write_quorum: int = 2
+    tokens: str = ""  # comma-separated; default: allocated at first start, then kept in DATA_DIR/node.json
+    num_tokens: int = 16
+    capacity: float = 1.0
+    datacenter: str = "dc1"
+    rack: str = "rack1"
+    request_timeout_s: float = 2.0
+    gossip_interval_s: float = 1.0
+    phi_threshold: float = 8.0
+    hints_enabled: bool = True
+    hint_window_s: float = 3 * 3600.0
+    hints_max_mb: float = 512.0
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
+
+    def effective_advertise_host(self) -> str:
+        if self.advertise_host:
+            return self.advertise_host
+        return self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+
+    def seed_addresses(self) -> list[tuple[str, int]]:
+        """Parsed `seeds`; raises ValueError on a malformed entry."""
+        out = []
+        for item in filter(None, (s.strip() for s in self.seeds.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"seed {item!r} is not host:port")
+            out.append((host, int(port)))
+        return out
+
+    def token_list(self) -> list[int]:
+        try:
+            return [int(t) for t in self.tokens.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError("tokens must be comma-separated integers") from None
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first inconsistent setting."""
+        if not 1 <= self.replication_factor <= 15:
+            raise ValueError("replication_factor must be between 1 and 15")
+        for name in ("read_quorum", "write_quorum"):
+            if not 1 <= getattr(self, name) <= self.replication_factor:
+                raise ValueError(f"{name} must be between 1 and replication_factor")
+        if self.capacity <= 0 or self.num_tokens < 1:
+            raise ValueError("capacity and num_tokens must be positive")
+        self.seed_addresses()
+        self.token_list()
 
 
 _HELP = {
@@ -46,16 +98,46 @@ _HELP = {
     "log_format": "text or json",
     "log_level": "debug, info, warning, error",
     "shutdown_timeout_s": "how long in-flight requests may take to finish after SIGTERM",
+    "cluster_name": "nodes only talk to nodes of the same cluster name",
+    "peer_port": "internode TCP port (0: any free port)",
+    "advertise_host": "address peers and clients use to reach this node (default: host)",
+    "seeds": "comma-separated host:peer_port of seed nodes",
+    "replication_factor": "replicas per key (N)",
+    "read_quorum": "default R",
+    "write_quorum": "default W",
+    "tokens": "comma-separated ring tokens (default: allocated at first start)",
+    "num_tokens": "tokens per unit of capacity",
+    "capacity": "relative capacity; weights the node's share of the ring",
+    "datacenter": "datacenter name (placement spreads replicas across datacenters)",
+    "rack": "rack name (placement spreads replicas across racks)",
+    "request_timeout_s": "timeout of one replica request",
+    "gossip_interval_s": "seconds between gossip rounds",
+    "phi_threshold": "phi accrual failure detector conviction threshold",
+    "hints_enabled": "keep hints for replicas that are down (hinted handoff)",
+    "hint_window_s": "hints older than this are dropped; anti-entropy repairs instead",
+    "hints_max_mb": "size bound of the hint store",
 }
 _CHOICES = {"durability": [d.value for d in Durability], "log_format": ["text", "json"],
             "log_level": ["debug", "info", "warning", "error"]}
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+_KINDS: dict[str, Any] = {"int": int, "float": float, "bool": _bool}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per config field (defaults None so the environment can fill in)."""
     for f in fields(NodeConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind: Any = {"int": int, "float": float}.get(str(f.type), str)
+        kind: Any = _KINDS.get(str(f.type), str)
         env = ENV_PREFIX + f.name.upper()
         parser.add_argument(flag, type=kind, default=None, choices=_CHOICES.get(f.name),
                             help=f"{_HELP.get(f.name, '')} (env {env}, default {f.default!r})")
@@ -69,7 +151,7 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None =
         given = getattr(args, f.name, None)
         if given is None and ENV_PREFIX + f.name.upper() in env:
             raw = env[ENV_PREFIX + f.name.upper()]
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = _KINDS.get(str(f.type), str)
             try:
                 given = kind(raw)
             except ValueError:
@@ -78,7 +160,9 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None =
                 raise ValueError(f"{ENV_PREFIX + f.name.upper()} must be one of {_CHOICES[f.name]}")
         if given is not None:
             values[f.name] = given
-    return NodeConfig(**values)
+    config = NodeConfig(**values)
+    config.validate()
+    return config
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> NodeConfig:

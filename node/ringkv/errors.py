@@ -12,6 +12,10 @@ class RingkvError(Exception):
 
     code: str = "internal_error"
 
+    def details(self) -> dict[str, object]:
+        """Extra machine-readable fields for the error body (e.g. quorum counts)."""
+        return {}
+
 
 class StorageError(RingkvError):
     """The storage engine could not do what was asked."""
@@ -90,3 +94,23 @@ class ShuttingDownError(RingkvError):
     """The node is stopping and takes no new work."""
 
     code = "shutting_down"
+
+
+class QuorumUnavailableError(RingkvError):
+    """Fewer replicas than the quorum answered in time; the request may have reached some of them."""
+
+    code = "quorum_unavailable"
+
+    def __init__(self, required: int, acknowledged: int, what: str = "write") -> None:
+        super().__init__(f"{what} quorum not reached: {acknowledged} of the required {required} replicas answered")
+        self.required = required
+        self.acknowledged = acknowledged
+
+    def details(self) -> dict[str, object]:
+        return {"required": self.required, "acknowledged": self.acknowledged}
+
+
+class HintsFullError(RingkvError):
+    """The hint store is at its size limit; the hint was not stored."""
+
+    code = "hints_full"

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ringkv.cluster import versions
-from ringkv.cluster.versions import NodeId, Record, VersionVector
+from ringkv.cluster.ids import NodeId
+from ringkv.cluster.versions import Record, VersionVector
 from ringkv.errors import CorruptionError, InvalidRecordError
 from ringkv.storage.aio import AsyncEngine
 

@@ -14,17 +14,21 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ringkv import logs
-from ringkv.api import keys
+from ringkv.api import keys, validation
 from ringkv.api.app import create_app
 from ringkv.config import NodeConfig
 
 log = logging.getLogger("ringkv.node")
 
+# A GET carries its key percent-encoded in the query (up to 3 characters per UTF-8 byte); any key a put
+# accepts must be readable, so the request line may be longer than aiohttp's default 8190 bytes.
+MAX_REQUEST_LINE = 3 * validation.MAX_ITEM_BYTES + 1024
+
 
 async def serve(config: NodeConfig, ready: Callable[[str], None] = print) -> int:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.shutdown_timeout_s)
+                           shutdown_timeout=config.shutdown_timeout_s, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()  # opens storage (cleanup_ctx)
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
@@ -34,6 +38,7 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print) -> int
     node_id = app[keys.STATE].node_id
     url = f"http://{config.host}:{port}"
     log.info("node %s listening on %s", node_id, url)
+    app[keys.NODE].set_http_port(port)
     ready(f"ringkv node {node_id} ready on {url}")
 
     stop = asyncio.Event()

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ringkv.api import keys
+from ringkv.api.admin import admin_routes
 from ringkv.api.errors import error_middleware
 from ringkv.api.metrics import NodeMetrics
 from ringkv.api.routes import routes
-from ringkv.cluster.versions import NodeId
 from ringkv.config import NodeConfig
-from ringkv.replica import Replica
+from ringkv.net.node import ClusterNode
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -33,14 +33,18 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     engine = await AsyncEngine.open(config.data_dir, options)
     metrics.storage.engine = engine.engine
     app[keys.ENGINE] = engine
-    app[keys.REPLICA] = Replica(engine, NodeId(app[keys.STATE].node_id))
-    app[keys.STATE].storage_open = True
     log.info("storage open at %s (durability %s, %d SSTables)", config.data_dir, config.durability,
              engine.engine.table_count)
+    node = ClusterNode(config, engine, on_transition=metrics.transition, on_refused=metrics.refused)
     try:
+        await node.start()
+        app[keys.NODE] = node
+        metrics.cluster.node = node
+        app[keys.STATE].storage_open = True
         yield
     finally:
         app[keys.STATE].storage_open = False
+        await node.stop()
         await engine.close(flush=True)
         log.info("storage flushed and closed")
 
@@ -54,4 +58,5 @@ def create_app(config: NodeConfig) -> web.Application:
     app[keys.STATE] = keys.NodeState(node_id=config.effective_node_id())
     app.cleanup_ctx.append(_storage)
     app.add_routes(routes)
+    app.add_routes(admin_routes)
     return app

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.RingkvError], int], ...] = (
     (errors.NotFoundError, 404),
     (errors.TooManySiblingsError, 409),
     (errors.ShuttingDownError, 503),
+    (errors.QuorumUnavailableError, 503),
     (errors.EngineClosedError, 503),
     (errors.CorruptionError, 500),
     (errors.StorageError, 503),
@@ -68,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(e)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, e)
-        return error_response(status, e.code, str(e))
+        return error_response(status, e.code, str(e), **e.details())
     except web.HTTPException as e:
         if e.status < 400:
             raise

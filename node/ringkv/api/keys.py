@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ringkv.api.metrics import NodeMetrics
 from ringkv.config import NodeConfig
-from ringkv.replica import Replica
+from ringkv.net.node import ClusterNode
 from ringkv.storage.aio import AsyncEngine
 
 
@@ -23,4 +23,4 @@ CONFIG = web.AppKey("config", NodeConfig)
 STATE = web.AppKey("state", NodeState)
 METRICS = web.AppKey("metrics", NodeMetrics)
 ENGINE = web.AppKey("engine", AsyncEngine)
-REPLICA = web.AppKey("replica", Replica)
+NODE = web.AppKey("node", ClusterNode)

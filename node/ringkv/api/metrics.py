@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ringkv.api.errors import Handler
+from ringkv.net.node import ClusterNode
 from ringkv.storage.engine import Engine
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -52,11 +53,50 @@ class StorageCollector(Collector):
         yield bloom
 
 
+class ClusterCollector(Collector):
+    """Gossip, coordinator and hinted-handoff figures, read from the node when scraped."""
+
+    def __init__(self) -> None:
+        self.node: ClusterNode | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        if node is None:
+            return
+        members = GaugeMetricFamily("ringkv_cluster_members", "Known cluster members by liveness", labels=["state"])
+        up = sum(1 for n in node.membership.members if node.gossiper.is_up(n))
+        members.add_metric(["up"], up)
+        members.add_metric(["down"], len(node.membership.members) - up)
+        yield members
+        yield CounterMetricFamily("ringkv_gossip_rounds", "Gossip rounds run", node.gossiper.rounds)
+        c = node.coordinator.stats
+        yield CounterMetricFamily("ringkv_coordinator_forwarded_writes", "Writes forwarded to the key's coordinator",
+                                  c.forwarded)
+        yield CounterMetricFamily("ringkv_read_repairs", "Stale replicas sent a merged record by read repair",
+                                  c.read_repairs)
+        yield CounterMetricFamily("ringkv_quorum_failures", "Requests answered 503 for want of a quorum",
+                                  c.quorum_failures)
+        h = node.hints
+        yield GaugeMetricFamily("ringkv_hints_pending", "Hints waiting for delivery", sum(h.pending.values()))
+        yield GaugeMetricFamily("ringkv_hints_pending_bytes", "Bytes of hints waiting for delivery", h.bytes)
+        yield CounterMetricFamily("ringkv_hints_stored", "Hints stored", h.stored)
+        yield CounterMetricFamily("ringkv_hints_delivered", "Hints delivered to their replica", h.delivered)
+        yield CounterMetricFamily("ringkv_hints_dropped", "Hints dropped (expired or store full)", h.dropped)
+        yield CounterMetricFamily("ringkv_hints_sent_to_fallbacks", "Writes acknowledged by a hinted fallback",
+                                  c.hints_sent_to_fallbacks)
+
+
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.storage = StorageCollector()
         self.registry.register(self.storage)
+        self.cluster = ClusterCollector()
+        self.registry.register(self.cluster)
+        self.transitions = Counter("ringkv_gossip_transitions", "Peers judged up or down by the failure detector",
+                                   ["to"], registry=self.registry)
+        self.refusals = Counter("ringkv_internode_refused_connections",
+                                "Internode connections refused (wrong cluster name)", registry=self.registry)
         self.requests = Counter("ringkv_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("ringkv_http_request_duration_seconds", "HTTP request latency",
@@ -69,6 +109,12 @@ class NodeMetrics:
         self.fsync = Histogram("ringkv_storage_commitlog_fsync_duration_seconds",
                                "Duration of one commit-log fsync (group commit)", buckets=FSYNC_BUCKETS,
                                registry=self.registry)
+
+    def transition(self, node: str, up: bool) -> None:
+        self.transitions.labels("up" if up else "down").inc()
+
+    def refused(self, node: str) -> None:
+        self.refusals.inc()
 
     def middleware(self) -> Middleware:
         requests, latency = self.requests, self.latency

@@ -29,9 +29,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json("Error", text[s]) for s in statuses}
 
 
+# A key is under MAX_ITEM_BYTES UTF-8 bytes, so never longer than this many characters (the exact limit is in
+# bytes, key plus value: 413).
+MAX_KEY_CHARS = MAX_ITEM_BYTES - 1
+_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS}
+
 _KEY_PARAM = {
     "name": "key", "in": "query", "required": True, "description": "the key (non-empty string)",
-    "schema": {"type": "string", "minLength": 1},
+    "schema": _KEY_SCHEMA,
 }
 
 _GET = {
@@ -92,10 +97,10 @@ def document() -> dict[str, Any]:
         },
         "components": {"schemas": {
             "PutRequest": {"type": "object", "additionalProperties": False, "required": ["key", "value"],
-                           "properties": {"key": {"type": "string", "minLength": 1}, "value": value_schema,
+                           "properties": {"key": _KEY_SCHEMA, "value": value_schema,
                                           "context": {**context_schema, "nullable": True}}},
             "DeleteRequest": {"type": "object", "additionalProperties": False, "required": ["key"],
-                              "properties": {"key": {"type": "string", "minLength": 1},
+                              "properties": {"key": _KEY_SCHEMA,
                                              "context": {**context_schema, "nullable": True}}},
             "WriteResult": {"type": "object", "required": ["key", "context"], "additionalProperties": False,
                             "properties": {"key": {"type": "string"}, "context": context_schema}},

@@ -50,21 +50,24 @@ def _read_answer(key: str, record: Record, request: web.Request) -> web.Response
 @routes.get("/api/v1/get")
 async def get_value(request: web.Request) -> web.Response:
     key, key_bytes = validation.parse_key_query(request.query)
-    record = await request.app[keys.REPLICA].read(key_bytes)
+    r = validation.parse_quorum(request.query, "r")
+    record = await request.app[keys.NODE].coordinator.get(key_bytes, r)
     return _read_answer(key, record, request)
 
 
 @routes.post("/api/v1/put")
 async def put(request: web.Request) -> web.Response:
     req = validation.parse_put(await _json_body(request))
-    record = await request.app[keys.REPLICA].write(req.key_bytes, req.value_json, req.context)
+    w = validation.parse_quorum(request.query, "w")
+    record = await request.app[keys.NODE].coordinator.put(req.key_bytes, req.value_json, req.context, w)
     return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
 
 
 @routes.post("/api/v1/delete")
 async def delete(request: web.Request) -> web.Response:
     req = validation.parse_delete(await _json_body(request))
-    record = await request.app[keys.REPLICA].write(req.key_bytes, None, req.context)
+    w = validation.parse_quorum(request.query, "w")
+    record = await request.app[keys.NODE].coordinator.put(req.key_bytes, None, req.context, w)
     return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
 
 
@@ -76,7 +79,7 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
-    if state.stopping or not state.storage_open:
+    if state.stopping or not state.storage_open or not request.app[keys.NODE].ready:
         return error_response(503, "not_ready", "shutting down" if state.stopping else "storage not open")
     return json_response({"status": "ready", "node_id": state.node_id})
 

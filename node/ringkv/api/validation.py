@@ -85,7 +85,10 @@ def parse_put(body: bytes) -> PutRequest:
     value = doc["value"]
     if not isinstance(value, str | list | dict):
         raise RequestError("invalid_value", "value must be a JSON string, list or object")
-    value_json = orjson.dumps(value)
+    try:
+        value_json = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # orjson reads 1024 levels of nesting but writes only 254
+        raise RequestError("invalid_value", "value is nested too deeply") from None
     size = len(key_bytes) + len(value_json)
     if size >= MAX_ITEM_BYTES:
         raise PayloadTooLargeError(
@@ -104,3 +107,13 @@ def parse_delete(body: bytes) -> DeleteRequest:
 def parse_key_query(query: Mapping[str, str]) -> tuple[str, bytes]:
     key = query.get("key")
     return key or "", check_key(key)
+
+
+def parse_quorum(query: Mapping[str, str], name: str) -> int | None:
+    """The optional per-request `r` or `w` (range-checked against N by the coordinator)."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 3:
+        raise RequestError("invalid_quorum", f"{name} must be a positive integer")
+    return int(raw)

@@ -1,0 +1,86 @@
+"""Admin and debug endpoints: ring placement, gossip members, what one replica holds, pending hints.
+
+These read local state only (no quorum) and are meant for operators, the Kubernetes operator and tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ringkv.api import keys, validation
+from ringkv.api.errors import error_response, json_response
+from ringkv.cluster import versions
+from ringkv.cluster.ring import token_for
+
+admin_routes = web.RouteTableDef()
+
+
+@admin_routes.get("/admin/v1/ring")
+async def ring(request: web.Request) -> web.Response:
+    node = request.app[keys.NODE]
+    coordinator = node.coordinator
+    ring = coordinator.ring
+    n = coordinator.settings.replication
+    ownership = ring.ownership(n) if len(ring) else {}
+    body: dict[str, Any] = {
+        "replication_factor": n,
+        "read_quorum": coordinator.settings.read_quorum,
+        "write_quorum": coordinator.settings.write_quorum,
+        "nodes": [
+            {"node_id": info.node_id, "datacenter": info.datacenter, "rack": info.rack, "capacity": info.capacity,
+             "tokens": len(tokens), "ownership": round(ownership.get(info.node_id, 0.0), 6)}
+            for info, tokens in sorted(ring.assignments().items(), key=lambda kv: kv[0].node_id)
+        ],
+    }
+    if "key" in request.query:
+        _, key_bytes = validation.parse_key_query(request.query)
+        body["key"] = {"token": token_for(key_bytes), "preference_list": list(coordinator.preference(key_bytes))}
+    if request.query.get("tokens") == "1":
+        body["tokens"] = [[t, o] for t, o in zip(ring.tokens, ring.owners, strict=True)]
+    return json_response(body)
+
+
+@admin_routes.get("/admin/v1/members")
+async def members(request: web.Request) -> web.Response:
+    node = request.app[keys.NODE]
+    gossiper = node.gossiper
+    out = []
+    for state in sorted(node.membership.members.values(), key=lambda s: s.node_id):
+        local = state.node_id == node.node_id
+        out.append({
+            "node_id": state.node_id, "status": state.status.value, "up": gossiper.is_up(state.node_id),
+            "local": local, "phi": None if local else round(gossiper.phi(state.node_id), 3),
+            "host": state.host, "http_port": state.http_port, "peer_port": state.peer_port,
+            "generation": state.generation, "version": state.version, "tokens": len(state.tokens),
+            "datacenter": state.datacenter, "rack": state.rack, "capacity": state.capacity,
+        })
+    return json_response({"node_id": node.node_id, "cluster_name": node.config.cluster_name, "members": out})
+
+
+@admin_routes.get("/admin/v1/local")
+async def local_record(request: web.Request) -> web.Response:
+    """What this node's own storage holds for one key: every sibling with its dot, and the context."""
+    key, key_bytes = validation.parse_key_query(request.query)
+    record = await request.app[keys.NODE].replica.read(key_bytes)
+    if not record.versions:
+        return error_response(404, "not_found", "this node holds no record for the key", key=key)
+    return json_response({
+        "key": key,
+        "node_id": request.app[keys.NODE].node_id,
+        "versions": [
+            {"node": v.dot.node, "counter": v.dot.counter, "timestamp_ms": v.timestamp_ms,
+             "deleted": v.value is None, "value": None if v.value is None else orjson.Fragment(v.value)}
+            for v in record.versions
+        ],
+        "context": versions.encode_context(record.context),
+    })
+
+
+@admin_routes.get("/admin/v1/hints")
+async def hints(request: web.Request) -> web.Response:
+    store = request.app[keys.NODE].hints
+    return json_response({"pending": dict(store.pending), "bytes": store.bytes, "stored": store.stored,
+                          "delivered": store.delivered, "dropped": store.dropped})

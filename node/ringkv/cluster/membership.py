@@ -1,0 +1,123 @@
+"""Gossip membership state: who is in the cluster, where they listen, their tokens, and how fresh that is.
+
+Each node owns one `MemberState` about itself and is the only one that changes it. Freshness is the pair
+`(generation, version)`: `generation` is set when the process starts (its start time in milliseconds, so a
+restarted node's state always wins over what peers remember of its previous life) and `version` grows on
+every heartbeat and every change. Merging keeps, per node, the state with the higher pair; it is commutative,
+associative and idempotent, so states may travel along any path any number of times and still converge.
+
+Gossip exchanges whole state maps (push-pull): a few hundred bytes per node, fine for the tens of nodes this
+is meant for; digests would be the next step beyond that.
+
+Liveness is not gossiped: each node judges it locally from how regularly *new versions* of a peer's state
+arrive (the failure detector, `failure_detector.py`), as in Cassandra.
+
+Pure: no clocks (callers pass `now_ms`), no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ringkv.cluster.ids import NodeId
+
+
+class Status(enum.StrEnum):
+    JOINING = "joining"
+    NORMAL = "normal"
+    LEAVING = "leaving"
+    LEFT = "left"
+
+
+@dataclass(frozen=True)
+class MemberState:
+    node_id: NodeId
+    generation: int
+    version: int
+    status: Status
+    host: str
+    http_port: int
+    peer_port: int
+    tokens: tuple[int, ...]
+    datacenter: str = "dc1"
+    rack: str = "rack1"
+    capacity: float = 1.0
+
+    @property
+    def freshness(self) -> tuple[int, int]:
+        return (self.generation, self.version)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id, "gen": self.generation, "ver": self.version, "status": self.status.value,
+            "host": self.host, "http": self.http_port, "peer": self.peer_port, "tokens": list(self.tokens),
+            "dc": self.datacenter, "rack": self.rack, "cap": self.capacity,
+        }
+
+    @classmethod
+    def from_wire(cls, doc: Mapping[str, Any]) -> MemberState:
+        """Raises ValueError on a malformed state (a peer bug or a foreign sender)."""
+        try:
+            state = cls(
+                node_id=NodeId(str(doc["id"])), generation=int(doc["gen"]), version=int(doc["ver"]),
+                status=Status(doc["status"]), host=str(doc["host"]), http_port=int(doc["http"]),
+                peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
+                datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed member state: {e!r}") from None
+        if not state.node_id or state.capacity <= 0:
+            raise ValueError("malformed member state: empty id or non-positive capacity")
+        return state
+
+
+def merge_states(current: Mapping[NodeId, MemberState], incoming: Iterable[MemberState]
+                 ) -> tuple[dict[NodeId, MemberState], list[MemberState]]:
+    """Keep the fresher state per node. Returns the merged map and the states that were news to us."""
+    merged = dict(current)
+    news: list[MemberState] = []
+    for state in incoming:
+        known = merged.get(state.node_id)
+        if known is None or state.freshness > known.freshness:
+            merged[state.node_id] = state
+            news.append(state)
+    return merged, news
+
+
+class Membership:
+    """This node's view: its own state (which only it changes) plus the freshest state heard of every peer."""
+
+    def __init__(self, local: MemberState) -> None:
+        self._members: dict[NodeId, MemberState] = {local.node_id: local}
+        self.local_id = local.node_id
+
+    @property
+    def local(self) -> MemberState:
+        return self._members[self.local_id]
+
+    @property
+    def members(self) -> Mapping[NodeId, MemberState]:
+        return self._members
+
+    def beat(self) -> MemberState:
+        """A heartbeat: bump our own version."""
+        return self.update_local()
+
+    def update_local(self, **changes: Any) -> MemberState:
+        local = self.local
+        new = replace(local, version=local.version + 1, **changes)
+        self._members[self.local_id] = new
+        return new
+
+    def apply(self, incoming: Iterable[MemberState]) -> list[MemberState]:
+        """Merge states heard from a peer; returns the ones that were news. Our own state is never replaced
+        by a peer's (a stale echo of ourselves, or an impostor with our id)."""
+        foreign = [s for s in incoming if s.node_id != self.local_id]
+        self._members, news = merge_states(self._members, foreign)
+        return news
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [s.to_wire() for s in self._members.values()]

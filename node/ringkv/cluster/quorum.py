@@ -1,0 +1,69 @@
+"""Quorum bookkeeping for one request: replies in, decision out. Pure.
+
+A write needs W acknowledgements among the replicas asked (fallback replicas holding a hint count, as in
+Dynamo's sloppy quorum); a read needs R replies, whose records are merged with `versions.merge`. Once
+success is impossible (too many failures) the tally says so at once, so the coordinator answers 503
+without waiting for the timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ringkv.cluster import versions
+from ringkv.cluster.ids import NodeId
+from ringkv.cluster.versions import Record
+
+
+@dataclass
+class WriteTally:
+    required: int
+    asked: int
+    acked: list[NodeId] = field(default_factory=list)
+    failed: list[NodeId] = field(default_factory=list)
+
+    def ack(self, node: NodeId) -> None:
+        self.acked.append(node)
+
+    def fail(self, node: NodeId) -> None:
+        self.failed.append(node)
+
+    @property
+    def succeeded(self) -> bool:
+        return len(self.acked) >= self.required
+
+    @property
+    def impossible(self) -> bool:
+        return self.asked - len(self.failed) < self.required
+
+
+@dataclass
+class ReadTally:
+    required: int
+    asked: int
+    replies: dict[NodeId, Record] = field(default_factory=dict)
+    failed: list[NodeId] = field(default_factory=list)
+
+    def reply(self, node: NodeId, record: Record) -> None:
+        self.replies[node] = record
+
+    def fail(self, node: NodeId) -> None:
+        self.failed.append(node)
+
+    @property
+    def succeeded(self) -> bool:
+        return len(self.replies) >= self.required
+
+    @property
+    def impossible(self) -> bool:
+        return self.asked - len(self.failed) < self.required
+
+    def merged(self) -> Record:
+        result = versions.empty_record()
+        for record in self.replies.values():
+            result = versions.merge(result, record)
+        return result
+
+    def stale(self, merged: Record) -> list[NodeId]:
+        """Replicas whose reply lacks something the merged record has (read repair targets)."""
+        return [node for node, record in self.replies.items() if not versions.descends(record, merged)]

@@ -1,0 +1,139 @@
+"""Gossip: spread membership state and judge peers' liveness.
+
+Every `interval_s` (1 s) this node bumps its heartbeat and exchanges its whole state map (push-pull) with
+1-3 random peers it believes up, now and then a seed (so partitions heal and restarted nodes are found) and
+now and then a peer it believes down (so recoveries are noticed even without a third party). A new version
+of a peer's state, however it arrived, counts as a heartbeat of that peer for the phi accrual failure
+detector; a peer is down while its phi is over the threshold (8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ringkv.cluster.failure_detector import PhiAccrualFailureDetector
+from ringkv.cluster.ids import NodeId
+from ringkv.cluster.membership import Membership, MemberState
+from ringkv.net.transport import PeerClient, Peers, RemoteError, TransportError
+
+log = logging.getLogger("ringkv.gossip")
+
+
+class Gossiper:
+    def __init__(
+        self,
+        membership: Membership,
+        peers: Peers,
+        seeds: Sequence[tuple[str, int]],
+        interval_s: float = 1.0,
+        phi_threshold: float = 8.0,
+        on_members_changed: Callable[[], None] = lambda: None,
+        on_transition: Callable[[NodeId, bool], None] = lambda node, up: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.membership = membership
+        self.peers = peers
+        self.seeds = list(seeds)
+        self.interval_s = interval_s
+        self.phi_threshold = phi_threshold
+        self.detector = PhiAccrualFailureDetector()
+        self._on_members_changed = on_members_changed
+        self._on_transition = on_transition
+        self._rng = rng or random.Random()
+        self._up: dict[NodeId, bool] = {}
+        self._exchanges: set[asyncio.Task[None]] = set()
+        self.rounds = 0
+
+    # -- liveness -------------------------------------------------------------------------------------
+
+    def is_up(self, node: NodeId) -> bool:
+        if node == self.membership.local_id:
+            return True
+        return self._up.get(node, False)
+
+    def phi(self, node: NodeId) -> float:
+        if not self.detector.is_monitoring(node):
+            return 0.0
+        return self.detector.phi(node, time.monotonic())
+
+    def _judge(self) -> None:
+        now = time.monotonic()
+        for node in self.membership.members:
+            if node == self.membership.local_id or not self.detector.is_monitoring(node):
+                continue
+            up = self.detector.is_available(node, now, self.phi_threshold)
+            if self._up.get(node) != up:
+                self._up[node] = up
+                log.warning("node %s is now %s (phi %.1f)", node, "UP" if up else "DOWN",
+                            self.detector.phi(node, now))
+                self._on_transition(node, up)
+
+    # -- exchanging state -----------------------------------------------------------------------------
+
+    def absorb(self, states: Any) -> None:
+        """Merge a peer's state list; every state that was news counts as a heartbeat of its node."""
+        if not isinstance(states, list):
+            raise ValueError("gossip body must be a list of member states")
+        parsed = [MemberState.from_wire(doc) for doc in states]
+        before = {n: (s.status, s.tokens, s.host, s.http_port, s.peer_port) for n, s in self.membership.members.items()}
+        news = self.membership.apply(parsed)
+        now = time.monotonic()
+        for state in news:
+            self.detector.heartbeat(state.node_id, now)
+        changed = any(
+            before.get(s.node_id) != (s.status, s.tokens, s.host, s.http_port, s.peer_port) for s in news
+        )
+        if news:
+            self._judge()
+        if changed:
+            self._on_members_changed()
+
+    async def handle(self, body: Any, peer: str) -> Any:
+        """Transport handler for `gossip`: absorb their states, answer with ours (push-pull)."""
+        self.absorb(body)
+        return self.membership.to_wire()
+
+    async def _exchange(self, client: PeerClient) -> None:
+        try:
+            reply = await client.call("gossip", self.membership.to_wire(), timeout_s=max(1.0, self.interval_s))
+            self.absorb(reply)
+        except (TransportError, RemoteError, ValueError) as e:
+            log.debug("gossip with %s:%s failed: %s", client.host, client.port, e)
+
+    def _targets(self) -> list[PeerClient]:
+        local = self.membership.local_id
+        members = [s for n, s in self.membership.members.items() if n != local]
+        live = [s for s in members if self.is_up(s.node_id)]
+        down = [s for s in members if not self.is_up(s.node_id)]
+        chosen = self._rng.sample(live, min(len(live), self._rng.randint(1, 3)))
+        if down and self._rng.random() < 0.5:
+            chosen.append(self._rng.choice(down))
+        clients = [self.peers.get(s.node_id, s.host, s.peer_port) for s in chosen]
+        if self.seeds and (not live or self._rng.random() < 0.25):
+            host, port = self._rng.choice(self.seeds)
+            clients.append(self.peers.get(f"seed:{host}:{port}", host, port))
+        return clients
+
+    async def round(self) -> None:
+        self.membership.beat()
+        for client in self._targets():
+            task = asyncio.create_task(self._exchange(client))
+            self._exchanges.add(task)
+            task.add_done_callback(self._exchanges.discard)
+        self._judge()
+        self.rounds += 1
+
+    async def run(self) -> None:
+        while True:
+            await self.round()
+            await asyncio.sleep(self.interval_s * self._rng.uniform(0.9, 1.1))
+
+    async def stop(self) -> None:
+        for task in list(self._exchanges):
+            task.cancel()
+        await asyncio.gather(*self._exchanges, return_exceptions=True)

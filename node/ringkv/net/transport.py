@@ -1,0 +1,287 @@
+"""Internode transport: persistent TCP connections carrying length-prefixed msgpack frames.
+
+Wire format (version 1; never change without bumping `PROTOCOL_VERSION`)::
+
+    frame    := length:u32 (big-endian, <= MAX_FRAME_BYTES)  payload:msgpack
+    hello    := {"t": "hello", "v": 1, "cluster": str, "node": str}       client -> server, first frame
+    welcome  := {"t": "welcome", "node": str}                             server -> client
+    refused  := {"t": "refused", "reason": str}                           then the server closes
+    request  := [0, request_id:int, method:str, body]
+    response := [1, request_id:int, ok:bool, body | [error_code:str, message:str, details:map]]
+
+One connection per peer pair direction; many requests share it, matched by `request_id`, each answered as
+soon as its handler finishes (handlers run concurrently, bounded per connection). A node refuses
+connections whose hello names another cluster. Every call has a timeout; a lost connection fails every
+pending call on it and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from ringkv.errors import RingkvError
+
+log = logging.getLogger("ringkv.transport")
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_CONCURRENT_PER_CONNECTION = 512
+_LEN = struct.Struct(">I")
+_REQUEST, _RESPONSE = 0, 1
+
+Handler = Callable[[Any, str], Awaitable[Any]]  # (body, calling node id) -> reply body
+
+
+class TransportError(RingkvError):
+    """A peer could not be reached or did not answer in time."""
+
+    code = "peer_unavailable"
+
+
+class RemoteError(RingkvError):
+    """The peer's handler failed; carries the peer's error code and details."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self._details: dict[str, object] = details or {}
+
+    def details(self) -> dict[str, object]:
+        return self._details
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _LEN.pack(len(data)) + data
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    (length,) = _LEN.unpack(await reader.readexactly(4))
+    if length > MAX_FRAME_BYTES:
+        raise TransportError(f"frame of {length} bytes is over the limit")
+    return msgpack.unpackb(await reader.readexactly(length), raw=False)
+
+
+class TransportServer:
+    """Accepts peer connections and dispatches requests to handlers by method name."""
+
+    def __init__(self, cluster: str, node_id: str, handlers: Mapping[str, Handler],
+                 on_refused: Callable[[str], None] | None = None) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.handlers = dict(handlers)
+        self._on_refused = on_refused
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port, backlog=256)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            peer = await self._handshake(reader, writer)
+            if peer is not None:
+                await self._dispatch_loop(peer, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, TransportError, ValueError,
+                msgpack.UnpackException):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        hello = await asyncio.wait_for(_read_frame(reader), timeout=10.0)
+        if not isinstance(hello, dict) or hello.get("t") != "hello" or hello.get("v") != PROTOCOL_VERSION:
+            writer.write(_pack({"t": "refused", "reason": "bad hello"}))
+            return None
+        if hello.get("cluster") != self.cluster:
+            reason = f"cluster {hello.get('cluster')!r} is not {self.cluster!r}"
+            log.warning("refused connection from node %r: %s", hello.get("node"), reason)
+            if self._on_refused is not None:
+                self._on_refused(str(hello.get("node")))
+            writer.write(_pack({"t": "refused", "reason": reason}))
+            await writer.drain()
+            return None
+        writer.write(_pack({"t": "welcome", "node": self.node_id}))
+        return str(hello.get("node"))
+
+    async def _dispatch_loop(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        slots = asyncio.Semaphore(MAX_CONCURRENT_PER_CONNECTION)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await _read_frame(reader)
+                if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _REQUEST:
+                    raise TransportError("malformed request frame")
+                await slots.acquire()
+                task = asyncio.create_task(self._answer(peer, frame[1], frame[2], frame[3], writer, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _answer(self, peer: str, request_id: int, method: str, body: Any, writer: asyncio.StreamWriter,
+                      slots: asyncio.Semaphore) -> None:
+        try:
+            handler = self.handlers.get(method)
+            if handler is None:
+                reply = [_RESPONSE, request_id, False, ["unknown_method", f"no method {method!r}", {}]]
+            else:
+                try:
+                    reply = [_RESPONSE, request_id, True, await handler(body, peer)]
+                except RingkvError as e:
+                    reply = [_RESPONSE, request_id, False, [e.code, str(e), e.details()]]
+                except Exception as e:
+                    log.exception("internode %s from %s failed", method, peer)
+                    reply = [_RESPONSE, request_id, False, ["internal_error", repr(e), {}]]
+            if not writer.is_closing():
+                writer.write(_pack(reply))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            slots.release()
+
+
+class PeerClient:
+    """Calls to one peer over one persistent connection."""
+
+    def __init__(self, cluster: str, node_id: str, host: str, port: int, connect_timeout_s: float = 2.0) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.host, self.port = host, port
+        self._connect_timeout_s = connect_timeout_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()
+        self.remote_node: str | None = None
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connecting:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self._connect_timeout_s)
+                writer.write(_pack({"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster,
+                                    "node": self.node_id}))
+                answer = await asyncio.wait_for(_read_frame(reader), self._connect_timeout_s)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, msgpack.UnpackException) as e:
+                raise TransportError(f"cannot connect to {self.host}:{self.port}: {e!r}") from None
+            if not isinstance(answer, dict) or answer.get("t") != "welcome":
+                writer.close()
+                reason = answer.get("reason") if isinstance(answer, dict) else "bad answer"
+                raise TransportError(f"{self.host}:{self.port} refused us: {reason}")
+            self.remote_node = str(answer.get("node"))
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_responses(reader))
+            return writer
+
+    async def _read_responses(self, reader: asyncio.StreamReader) -> None:
+        error: BaseException = TransportError(f"connection to {self.host}:{self.port} closed")
+        try:
+            while True:
+                frame = await _read_frame(reader)
+                if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _RESPONSE:
+                    raise TransportError("malformed response frame")
+                future = self._pending.pop(frame[1], None)
+                if future is None or future.done():
+                    continue
+                if frame[2]:
+                    future.set_result(frame[3])
+                else:
+                    code, message, details = frame[3]
+                    future.set_exception(RemoteError(str(code), str(message), dict(details)))
+        except (asyncio.IncompleteReadError, ConnectionError, TransportError, msgpack.UnpackException,
+                ValueError) as e:
+            error = TransportError(f"connection to {self.host}:{self.port} lost: {e!r}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(error)
+
+    async def call(self, method: str, body: Any, timeout_s: float) -> Any:
+        """Send one request and await its answer; TransportError on connection trouble or timeout."""
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                writer = await self._connect()
+                self._pending[request_id] = future
+                writer.write(_pack([_REQUEST, request_id, method, body]))
+                await writer.drain()
+                return await future
+        except TimeoutError:
+            raise TransportError(f"{method} to {self.host}:{self.port} timed out after {timeout_s}s") from None
+        except ConnectionError as e:
+            raise TransportError(f"{method} to {self.host}:{self.port} failed: {e!r}") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+            self._reader_task = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Peers:
+    """Clients for every known peer, keyed by node id, following address changes."""
+
+    def __init__(self, cluster: str, node_id: str) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self._clients: dict[str, PeerClient] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def get(self, node_id: str, host: str, port: int) -> PeerClient:
+        client = self._clients.get(node_id)
+        if client is None or (client.host, client.port) != (host, port):
+            if client is not None:
+                task = asyncio.get_running_loop().create_task(client.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            client = PeerClient(self.cluster, self.node_id, host, port)
+            self._clients[node_id] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
