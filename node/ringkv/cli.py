@@ -12,6 +12,58 @@ import orjson
 
 from ringkv import __version__, config
 
+DEFAULT_LOCAL_DIR = "./data/local"
+
+
+def _local_up_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    p.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR, help=f"where data and logs go ({DEFAULT_LOCAL_DIR})")
+    p.add_argument("--base-port", type=int, default=8080, help="HTTP port of n1; n2 gets +1... (default 8080)")
+    p.add_argument("--replication-factor", type=int, default=3)
+    p.add_argument("--durability", default="sync", choices=["sync", "batch", "off"])
+
+
+def _local(args: argparse.Namespace) -> int:
+    from ringkv import local
+
+    action = "up" if args.command == "run" else args.local_command
+    if action == "up":
+        if not 1 <= args.nodes <= 64:
+            print("ringkv: --nodes must be between 1 and 64", file=sys.stderr)
+            return 2
+        try:
+            cluster = local.up(args.data_dir, args.nodes, args.base_port, args.replication_factor, args.durability)
+        except (RuntimeError, TimeoutError) as e:
+            print(f"ringkv: {e}", file=sys.stderr)
+            return 1
+        print(f"ringkv: {len(cluster.nodes)} nodes ready (RF {cluster.replication}, data in {cluster.data_dir})")
+        for node in cluster.nodes:
+            print(f"  {node.node_id}  {node.url}  pid {node.pid}  log {node.log_path}")
+        print(f"try:  curl -XPOST {cluster.nodes[0].url}/api/v1/put -H 'content-type: application/json' "
+              "-d '{\"key\": \"hello\", \"value\": \"world\"}'")
+        print(f"      curl '{cluster.nodes[-1].url}/api/v1/getValue?key=hello'")
+        print(f"stop: ringkv local down --data-dir {args.data_dir}")
+        return 0
+    if action == "status":
+        loaded = local.LocalCluster.load(os.path.abspath(args.data_dir))
+        if loaded is None:
+            print(f"ringkv: no local cluster in {args.data_dir}", file=sys.stderr)
+            return 1
+        rows = loaded.status()
+        if args.json:
+            print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        else:
+            for row in rows:
+                state = "up" if row["up"] else ("running, not answering" if row["alive"] else "down")
+                print(f"{row['node_id']:<5} pid {row['pid']:<8} {row['http']:<24} {state}")
+        return 0 if all(r["up"] for r in rows) else 3
+    stopped = local.down(args.data_dir)
+    if stopped is None:
+        print(f"ringkv: no local cluster in {args.data_dir}", file=sys.stderr)
+        return 1
+    print(f"ringkv: stopped {len(stopped.nodes)} nodes")
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringkv", description="ringkv distributed key-value store")
@@ -20,8 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="run one node (flags also settable as RINGKV_* variables)")
     config.add_arguments(node)
-    run = sub.add_parser("run", help="run the store locally in the foreground (data in ./data)")
-    config.add_arguments(run)
+    run = sub.add_parser("run", help="start a local 3-node cluster (same as 'local up')")
+    _local_up_arguments(run)
+    local = sub.add_parser("local", help="a cluster of node processes on this machine: up, status, down")
+    local_sub = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    _local_up_arguments(local_sub.add_parser("up", help="start the nodes (detached) and wait until ready"))
+    status = local_sub.add_parser("status", help="each node's id, pid, endpoint, up/down")
+    status.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR)
+    status.add_argument("--json", action="store_true")
+    down = local_sub.add_parser("down", help="stop the nodes (SIGTERM, then SIGKILL after a timeout)")
+    down.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR)
 
     url_help = "node URL (env RINGKV_URL, default http://127.0.0.1:8080)"
     put = sub.add_parser("put", help="write a key: ringkv put KEY JSON")
@@ -72,7 +132,9 @@ async def _client_verb(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("node", "run"):
+    if args.command in ("run", "local"):
+        return _local(args)
+    if args.command == "node":
         from ringkv import server
 
         try:

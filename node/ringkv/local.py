@@ -1,0 +1,260 @@
+"""`ringkv local up|status|down`: a cluster of real node processes on this machine (127.0.0.1).
+
+Node i (1-based) is `n{i}`, serves HTTP on `base_port + i - 1` and peers on `base_port + 1000 + i - 1`,
+keeps its data in `DATA_DIR/n{i}/` and its log in `DATA_DIR/n{i}/node.log`. Tokens are planned up front
+(nodes joining the ring one by one, `ring.join`), so a fresh cluster starts balanced. The processes are
+detached; `DATA_DIR/local-cluster.json` records them so `status` and `down` work from any later shell.
+
+`LocalCluster` is the same as a library (tests use it to kill, stop and restart single nodes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ringkv.cluster import ring as ringmod
+from ringkv.cluster.ids import NodeId
+
+STATE_FILE = "local-cluster.json"
+PEER_PORT_OFFSET = 1000
+
+
+@dataclass
+class LocalNode:
+    node_id: str
+    http_port: int
+    peer_port: int
+    data_dir: str
+    tokens: list[int]
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.data_dir, "node.log")
+
+
+def plan(data_dir: str, nodes: int, base_port: int, replication: int, num_tokens: int = 16) -> list[LocalNode]:
+    """Node names, ports, directories and balanced tokens for a fresh cluster (pure but for paths)."""
+    ring = ringmod.Ring()
+    out = []
+    for i in range(1, nodes + 1):
+        info = ringmod.NodeInfo(NodeId(f"n{i}"))
+        ring = ringmod.join(ring, info, replication=replication, tokens_per_unit=num_tokens)
+        out.append(LocalNode(
+            node_id=f"n{i}", http_port=base_port + i - 1, peer_port=base_port + PEER_PORT_OFFSET + i - 1,
+            data_dir=os.path.join(data_dir, f"n{i}"), tokens=list(ring.tokens_of(info.node_id)),
+        ))
+    return out
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _http_json(url: str, timeout_s: float = 1.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class LocalCluster:
+    data_dir: str
+    nodes: list[LocalNode] = field(default_factory=list)
+    replication: int = 3
+    durability: str = "sync"
+    extra_args: list[str] = field(default_factory=list)
+
+    # -- persistence ----------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.data_dir, STATE_FILE)
+
+    def save(self) -> None:
+        doc = {"replication": self.replication, "durability": self.durability, "extra_args": self.extra_args,
+               "nodes": [asdict(n) for n in self.nodes]}
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2)
+        os.replace(tmp, self.state_path)
+
+    @classmethod
+    def load(cls, data_dir: str) -> LocalCluster | None:
+        path = os.path.join(data_dir, STATE_FILE)
+        try:
+            with open(path) as f:
+                doc: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            return None
+        return cls(data_dir, [LocalNode(**n) for n in doc["nodes"]], int(doc["replication"]),
+                   str(doc["durability"]), list(doc.get("extra_args", [])))
+
+    # -- processes ------------------------------------------------------------------------------------
+
+    def seeds(self) -> str:
+        return ",".join(f"127.0.0.1:{n.peer_port}" for n in self.nodes[:2])
+
+    def command(self, node: LocalNode) -> list[str]:
+        return [
+            sys.executable, "-m", "ringkv.cli", "node", "--data-dir", node.data_dir, "--host", "127.0.0.1",
+            "--port", str(node.http_port), "--peer-port", str(node.peer_port), "--node-id", node.node_id,
+            "--seeds", self.seeds(), "--tokens=" + ",".join(map(str, node.tokens)),
+            "--replication-factor", str(self.replication), "--durability", self.durability,
+            *self.extra_args,
+        ]
+
+    def start(self, node: LocalNode) -> None:
+        if _alive(node.pid):
+            return
+        for port in (node.http_port, node.peer_port):
+            if not _port_free(port):
+                raise RuntimeError(f"port {port} for {node.node_id} is in use")
+        os.makedirs(node.data_dir, exist_ok=True)
+        with open(node.log_path, "ab") as log:
+            process = subprocess.Popen(self.command(node), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        node.pid = process.pid
+        self.save()
+
+    def wait_ready(self, nodes: Sequence[LocalNode] | None = None, timeout_s: float = 60.0) -> None:
+        waiting = list(nodes if nodes is not None else self.nodes)
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            waiting = [n for n in waiting if not _http_ok(n.url + "/ready")]
+            for n in waiting:
+                if not _alive(n.pid):
+                    raise RuntimeError(f"{n.node_id} exited; see {n.log_path}")
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(n.node_id for n in waiting)
+                raise TimeoutError(f"not ready after {timeout_s:.0f}s: {names}")
+            time.sleep(0.1)
+
+    def wait_converged(self, timeout_s: float = 30.0) -> None:
+        """Until every running node's gossip sees every running node up."""
+        expected = {n.node_id for n in self.nodes if _alive(n.pid)}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = [_http_json(self.node(n).url + "/admin/v1/members") for n in expected]
+            if all(doc and {m["node_id"] for m in doc["members"] if m["up"]} >= expected for doc in seen):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gossip did not converge within {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def signal(self, node: LocalNode, sig: int) -> None:
+        if _alive(node.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, sig)
+
+    def kill(self, node: LocalNode) -> None:
+        """SIGKILL, and wait until the process is gone."""
+        self.signal(node, signal.SIGKILL)
+        self._wait_gone(node, 10.0)
+
+    def stop(self, node: LocalNode, timeout_s: float = 30.0) -> None:
+        """SIGTERM (clean shutdown), SIGKILL if it takes longer than `timeout_s`."""
+        self.signal(node, signal.SIGTERM)
+        if not self._wait_gone(node, timeout_s):
+            self.kill(node)
+
+    def _wait_gone(self, node: LocalNode, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while _alive(node.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"node_id": n.node_id, "pid": n.pid, "http": n.url, "peer_port": n.peer_port,
+                 "data_dir": n.data_dir, "alive": _alive(n.pid), "up": _http_ok(n.url + "/health")}
+                for n in self.nodes]
+
+    def node(self, node_id: str) -> LocalNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
+
+
+def up(data_dir: str, nodes: int = 3, base_port: int = 8080, replication: int = 3, durability: str = "sync",
+       extra_args: Sequence[str] = ()) -> LocalCluster:
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    cluster = LocalCluster.load(data_dir)
+    if cluster is None or len(cluster.nodes) != nodes:
+        if cluster is not None and any(_alive(n.pid) for n in cluster.nodes):
+            raise RuntimeError(f"a cluster of {len(cluster.nodes)} nodes is running in {data_dir}; "
+                               "run 'ringkv local down' first")
+        cluster = LocalCluster(data_dir, plan(data_dir, nodes, base_port, min(replication, nodes)),
+                               min(replication, nodes), durability, list(extra_args))
+    for node in cluster.nodes:
+        cluster.start(node)
+    cluster.wait_ready()
+    cluster.wait_converged()
+    return cluster
+
+
+def down(data_dir: str, timeout_s: float = 30.0) -> LocalCluster | None:
+    cluster = LocalCluster.load(os.path.abspath(data_dir))
+    if cluster is None:
+        return None
+    for node in cluster.nodes:
+        cluster.signal(node, signal.SIGTERM)
+    for node in cluster.nodes:
+        cluster.stop(node, timeout_s)
+        node.pid = 0
+    cluster.save()
+    return cluster
