@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from ringkv import errors
+from ringkv.net.transport import RemoteError, TransportError
 
 log = logging.getLogger("ringkv.api")
 
@@ -29,6 +30,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.RingkvError], int], ...] = (
     (errors.EngineClosedError, 503),
     (errors.CorruptionError, 500),
     (errors.StorageError, 503),
+    (TransportError, 503),
 )
 
 # Codes for errors aiohttp raises itself (routing, body size).
@@ -41,7 +43,15 @@ CODE_BY_STATUS = {
 }
 
 
+# A peer's error arrives as a RemoteError carrying the peer's code; answer as the peer would have.
+STATUS_BY_REMOTE_CODE = {
+    kind.code: status for kind, status in STATUS_BY_ERROR if not issubclass(kind, errors.RequestError)
+}
+
+
 def status_of(error: errors.RingkvError) -> int:
+    if isinstance(error, RemoteError):
+        return STATUS_BY_REMOTE_CODE.get(error.code, 502)
     for kind, status in STATUS_BY_ERROR:
         if isinstance(error, kind):
             return status
