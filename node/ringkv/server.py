@@ -39,12 +39,12 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print) -> int
     url = f"http://{config.host}:{port}"
     log.info("node %s listening on %s", node_id, url)
     app[keys.NODE].set_http_port(port)
-    ready(f"ringkv node {node_id} ready on {url}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
+    ready(f"ringkv node {node_id} ready on {url}")
     await stop.wait()
     log.info("node %s stopping", node_id)
     app[keys.STATE].stopping = True

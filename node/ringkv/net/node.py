@@ -89,7 +89,7 @@ class ClusterNode:
         self.coordinator = Coordinator(
             self.node_id, self.replica, self.peers, self.hints,
             QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s),
-            self.gossiper.is_up, self._peer_address,
+            self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
         )
         self.server = TransportServer(cfg.cluster_name, self.node_id, {
             "gossip": self.gossiper.handle,
@@ -101,9 +101,13 @@ class ClusterNode:
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
         self.membership.update_local(peer_port=peer_port)
-        self._tasks.append(asyncio.create_task(self._gossip_forever()))
         tokens = await self._tokens()
-        self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
+        if tokens is not None:  # a restart: back in the ring at once, never announced without tokens
+            self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
+        self._tasks.append(asyncio.create_task(self._gossip_forever()))
+        if tokens is None:  # a first start: join through the seeds
+            tokens = await self._allocate_tokens()
+            self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
         self._rebuild_ring()
         self._tasks.append(asyncio.create_task(self._deliver_hints_forever()))
         self.ready = True
@@ -136,34 +140,36 @@ class ClusterNode:
         except ValueError as e:  # e.g. two nodes claiming one token: keep the last good ring
             log.error("cannot build the ring from gossip: %s", e)
 
-    async def _tokens(self) -> list[int]:
-        """Flag, else the persisted tokens, else a fresh balanced allocation (persisted before use)."""
+    async def _tokens(self) -> list[int] | None:
+        """Our tokens when they are already decided: the flag, else those kept in `node.json`. Persisted."""
         path = os.path.join(self.config.data_dir, NODE_FILE)
-        given = self.config.token_list()
         saved = await asyncio.to_thread(_load_json, path)
-        if given:
-            tokens = given
-        elif saved.get("tokens"):
-            tokens = [int(t) for t in saved["tokens"]]
-        else:
-            await self._await_seeds()
-            known = {
-                ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
-                for s in self.membership.members.values() if s.tokens and s.node_id != self.node_id
-            }
-            info = ringmod.NodeInfo(self.node_id, self.config.datacenter, self.config.rack, self.config.capacity)
-            count = ringmod.token_count(info, self.config.num_tokens)
-            tokens = list(await asyncio.to_thread(
-                ringmod.allocate_tokens, ringmod.Ring(known), info, count,
-                replication=self.config.replication_factor))
-            if not known:
-                # Alone: evenly spaced tokens, rotated by our id so two founders never collide.
-                offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
-                tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
-            log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
-        if saved.get("tokens") != tokens or saved.get("node_id") != self.node_id:
-            doc = json.dumps({"node_id": self.node_id, "tokens": tokens}).encode()
-            await asyncio.to_thread(write_atomically, path, doc)
+        tokens = self.config.token_list() or [int(t) for t in saved.get("tokens") or []]
+        if tokens and (saved.get("tokens") != tokens or saved.get("node_id") != self.node_id):
+            await self._save_tokens(tokens)
+        return tokens or None
+
+    async def _save_tokens(self, tokens: list[int]) -> None:
+        doc = json.dumps({"node_id": self.node_id, "tokens": tokens}).encode()
+        await asyncio.to_thread(write_atomically, os.path.join(self.config.data_dir, NODE_FILE), doc)
+
+    async def _allocate_tokens(self) -> list[int]:
+        """A first start: balance our tokens against the ring seen through the seeds; persisted before use."""
+        await self._await_seeds()
+        known = {
+            ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
+            for s in self.membership.members.values() if s.tokens and s.node_id != self.node_id
+        }
+        info = ringmod.NodeInfo(self.node_id, self.config.datacenter, self.config.rack, self.config.capacity)
+        count = ringmod.token_count(info, self.config.num_tokens)
+        tokens: list[int] = list(await asyncio.to_thread(
+            ringmod.allocate_tokens, ringmod.Ring(known), info, count, replication=self.config.replication_factor))
+        if not known:
+            # Alone: evenly spaced tokens, rotated by our id so two founders never collide.
+            offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
+            tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
+        log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
+        await self._save_tokens(tokens)
         return tokens
 
     async def _await_seeds(self, timeout_s: float = 10.0) -> None:
