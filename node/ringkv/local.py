@@ -182,12 +182,14 @@ class LocalCluster:
             time.sleep(0.1)
 
     def wait_converged(self, timeout_s: float = 30.0) -> None:
-        """Until every running node's gossip sees every running node up."""
+        """Until every running node's gossip sees every running node up and `normal` (so in its ring: a
+        restarted node is announced `joining`, without tokens, for a gossip round before that)."""
         expected = {n.node_id for n in self.nodes if _alive(n.pid)}
         deadline = time.monotonic() + timeout_s
         while True:
             seen = [_http_json(self.node(n).url + "/admin/v1/members") for n in expected]
-            if all(doc and {m["node_id"] for m in doc["members"] if m["up"]} >= expected for doc in seen):
+            if all(doc and {m["node_id"] for m in doc["members"] if m["up"] and m["status"] == "normal"} >= expected
+                   for doc in seen):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gossip did not converge within {timeout_s:.0f}s")

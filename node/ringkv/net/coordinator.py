@@ -6,8 +6,9 @@ record (creating the new version from its local state and the request's context)
 record to the other replicas, which merge it. A replica that is down, or that fails, is replaced by the
 next healthy node past the preference list, which stores the record as a durable hint for it (sloppy
 quorum: hints count toward W). With no such node free, the coordinator keeps the hint itself (delivered
-just the same, but not counted toward W). The answer comes after W durable acknowledgements; the rest go on
-in the background.
+just the same, but not counted toward W). With hints disabled (`--hints-enabled false`) a failed replica is
+simply missed (no hint, no stand-in). The answer comes after W durable acknowledgements; the rest go on in
+the background.
 
 Reads: any node coordinates. It asks the preference list's replicas, answers after R replies with their
 merge (value or siblings), and in the background waits for the stragglers and sends the merged record to
@@ -65,6 +66,7 @@ class Coordinator:
         settings: QuorumSettings,
         is_up: Callable[[NodeId], bool],
         address_of: Callable[[NodeId], tuple[str, int] | None],
+        hints_enabled: bool = True,
     ) -> None:
         self.node_id = node_id
         self.replica = replica
@@ -73,9 +75,11 @@ class Coordinator:
         self.settings = settings
         self.is_up = is_up
         self.address_of = address_of
+        self.hints_enabled = hints_enabled  # False: a failed replica gets no hint (and no stand-in counts)
         self.ring = Ring()
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[Any]] = set()
+        self._delivering = asyncio.Lock()  # one delivery pass at a time, or a hint is sent and removed twice
 
     # -- placement ------------------------------------------------------------------------------------
 
@@ -185,7 +189,7 @@ class Coordinator:
                     ok = True
                 except (TransportError, RemoteError) as e:
                     log.info("replicating to %s failed: %s", node, e)
-            if not ok:
+            if not ok and self.hints_enabled:
                 ok = await self._hint(node, key, encoded, fallbacks)
             if settle is not None:
                 settle(node, ok)
@@ -279,6 +283,10 @@ class Coordinator:
 
     async def deliver_hints(self) -> int:
         """One pass: deliver pending hints to every target that is up. Returns how many were delivered."""
+        async with self._delivering:
+            return await self._deliver_hints()
+
+    async def _deliver_hints(self) -> int:
         delivered = 0
         for target in list(self.hints.pending):
             if target == self.node_id:
