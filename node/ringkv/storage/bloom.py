@@ -43,7 +43,7 @@ class BloomFilter:
         probes = range(self.num_probes)
         hash64 = mmh3.hash64
         for key in keys:
-            h1, h2 = hash64(key, _SEED, False)
+            h1, h2 = hash64(key, _SEED, signed=False)
             for _ in probes:
                 p = h1 % m
                 bits[p >> 3] |= 1 << (p & 7)
@@ -55,7 +55,7 @@ class BloomFilter:
     def may_contain(self, key: bytes) -> bool:
         bits = self.bits
         m = self.num_bits
-        h1, h2 = mmh3.hash64(key, _SEED, False)
+        h1, h2 = mmh3.hash64(key, _SEED, signed=False)
         for _ in range(self.num_probes):
             p = h1 % m
             if not bits[p >> 3] & (1 << (p & 7)):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 class TableStat:
     table_id: int
     size_bytes: int
+    tombstones: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ def pick(tables: Sequence[TableStat], policy: CompactionPolicy) -> CompactionTas
 
 
 def full(tables: Sequence[TableStat]) -> CompactionTask | None:
-    """Merge every table into one (a major compaction); None when there is nothing to gain."""
-    if len(tables) < 2:
+    """Merge every table into one (a major compaction); None when there is nothing to gain. A single table is
+    rewritten only when it holds tombstones (the merge purges those past their grace period)."""
+    if not tables or (len(tables) == 1 and tables[0].tombstones == 0):
         return None
     return CompactionTask(0, tuple(t.table_id for t in tables), True)
 

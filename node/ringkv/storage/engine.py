@@ -365,7 +365,7 @@ class Engine:
     def _compact_once(self, full: bool) -> bool:
         with self._compaction_lock:
             tables = self._view.tables
-            stats = [compaction.TableStat(t.info.table_id, t.info.size_bytes) for t in tables]
+            stats = [compaction.TableStat(t.info.table_id, t.info.size_bytes, t.info.tombstones) for t in tables]
             task = compaction.full(stats) if full else compaction.pick(stats, self.options.compaction)
             if task is None:
                 return False

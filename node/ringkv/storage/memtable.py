@@ -5,7 +5,8 @@ that flushes and scans need is a sorted key list built on first use and kept unt
 arrives, so a flush sorts once and repeated scans of a quiet memtable sort nothing.
 
 Thread-safety: the engine serialises writers; readers may run concurrently with the writer (dict reads
-are atomic under the GIL; `entries` works on a snapshot of the keys). A frozen memtable never changes.
+are atomic under the GIL; `entries` works on a snapshot of the keys and their values). A frozen memtable
+never changes.
 """
 
 from __future__ import annotations
@@ -61,10 +62,15 @@ class Memtable:
         return keys
 
     def entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
-        """Entries with start <= key < end in key order (a snapshot of the keys present when called)."""
+        """Entries with start <= key < end in key order, as they were when called (a snapshot)."""
         keys = self._sorted_keys()
+        # Values too, not only keys: a scan must not see a later overwrite. `dict.copy` runs without
+        # releasing the GIL, so the writer cannot interleave; keys are never removed, so the sorted list
+        # names a subset of the copy, and the same number of keys means the same keys.
+        table = self._map.copy()
+        if len(keys) != len(table):
+            keys = sorted(table)
         lo = 0 if start is None else bisect.bisect_left(keys, start)
         hi = len(keys) if end is None else bisect.bisect_left(keys, end)
         snapshot = keys[lo:hi]
-        table = self._map
         return (table[k] for k in snapshot)
