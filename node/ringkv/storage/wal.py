@@ -148,6 +148,8 @@ class CommitLog:
         with self._cond:
             if self._error is not None:
                 raise StorageError(f"commit log is failed: {self._error}")
+            if self._closing:
+                raise StorageError("commit log is closed")
             self._buf += data
             self._appended += 1
             ticket = self._appended
