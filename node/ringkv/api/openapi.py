@@ -41,10 +41,16 @@ _KEY_PARAM = {
     "schema": {"type": "string", "minLength": 1},
 }
 
+def _quorum_param(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False,
+            "description": f"{what} for this request (1..N; default from the cluster settings)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 15}}
+
+
 _GET = {
     "summary": "Read a key",
     "description": "One value (200) or concurrent siblings (300); either way a context to write back with.",
-    "parameters": [_KEY_PARAM],
+    "parameters": [_KEY_PARAM, _quorum_param("r", "replies to wait for")],
     "responses": {
         "200": _json("Value", "The key's value"),
         "300": _json("Siblings", "Concurrent versions; write back with the context to resolve them"),
@@ -72,6 +78,7 @@ def document() -> dict[str, Any]:
                 "summary": "Write a key",
                 "description": "Without a context: overwrite what this node holds. With the context of a read: "
                                "replace exactly the versions that read saw; anything newer stays a sibling.",
+                "parameters": [_quorum_param("w", "durable acknowledgements to wait for")],
                 "requestBody": {**write_body, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/PutRequest"}}}},
                 "responses": {"200": _json("WriteResult", "Durably written"),
@@ -82,11 +89,30 @@ def document() -> dict[str, Any]:
             "/api/v1/delete": {"post": {
                 "summary": "Delete a key",
                 "description": "Writes a tombstone carrying causal context, like a put.",
+                "parameters": [_quorum_param("w", "durable acknowledgements to wait for")],
                 "requestBody": {**write_body, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/DeleteRequest"}}}},
                 "responses": {"200": _json("WriteResult", "Durably deleted"),
                               **_errors(400, 409, 413, 415, 500, 503)},
             }},
+            "/admin/v1/ring": {"get": {
+                "summary": "Ring: replication settings, each node's tokens and ownership, a key's preference list",
+                "parameters": [{**_KEY_PARAM, "required": False}],
+                "responses": {"200": {"description": "the ring", "content": {"application/json": {"schema": {
+                    "type": "object"}}}}, **_errors(400, 413)}}},
+            "/admin/v1/members": {"get": {
+                "summary": "Gossip view: members, status, liveness, phi",
+                "responses": {"200": {"description": "members", "content": {"application/json": {"schema": {
+                    "type": "object"}}}}}}},
+            "/admin/v1/local": {"get": {
+                "summary": "What this node's own storage holds for a key (no quorum)",
+                "parameters": [_KEY_PARAM],
+                "responses": {"200": {"description": "the local record", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}, **_errors(400, 404, 413, 500, 503)}}},
+            "/admin/v1/hints": {"get": {
+                "summary": "Hints held for other nodes",
+                "responses": {"200": {"description": "hint counts", "content": {"application/json": {"schema": {
+                    "type": "object"}}}}}}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": _json("Status", "Alive")}}},
             "/ready": {"get": {"summary": "Readiness", "responses": {
                 "200": _json("Status", "Ready to serve"), "503": _json("Error", "Not ready")}}},

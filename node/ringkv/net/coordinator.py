@@ -32,7 +32,7 @@ from ringkv.cluster.quorum import ReadTally, WriteTally
 from ringkv.cluster.ring import Ring, token_for
 from ringkv.cluster.versions import Record, VersionVector
 from ringkv.errors import QuorumUnavailableError, RequestError, RingkvError
-from ringkv.net.hints import Hint, HintStore, deliver_pending
+from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_expired
 from ringkv.net.transport import PeerClient, Peers, RemoteError, TransportError
 from ringkv.replica import Replica
 
@@ -256,7 +256,8 @@ class Coordinator:
                 task.cancel()
             raise QuorumUnavailableError(r_required, len(tally.replies), "read")
         merged = tally.merged()
-        self._spawn(self._read_repair(key, asks, tally))
+        if len(preference) > 1:
+            self._spawn(self._read_repair(key, asks, tally))
         return merged
 
     async def _read_repair(self, key: bytes, asks: list[asyncio.Task[None]], tally: ReadTally) -> None:
@@ -282,7 +283,8 @@ class Coordinator:
     # -- hinted handoff -------------------------------------------------------------------------------
 
     async def deliver_hints(self) -> int:
-        """One pass: deliver pending hints to every target that is up. Returns how many were delivered."""
+        """One pass: deliver pending hints to every target that is up, drop expired ones of targets that are
+        down. Returns how many were delivered."""
         async with self._delivering:
             return await self._deliver_hints()
 
@@ -292,6 +294,7 @@ class Coordinator:
             if target == self.node_id:
                 continue
             if not self.is_up(target):
+                await drop_expired(self.hints, target)
                 continue
 
             async def send(hint: Hint, target: NodeId = target) -> None:

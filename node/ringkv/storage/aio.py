@@ -3,7 +3,8 @@
 - Writes append to the commit log and memtable on the loop thread (microseconds, memory only) and then
   await the group-commit fsync without holding the loop; a write that would stall on flushes moves to a
   thread instead.
-- Point reads answered from the memtables stay on the loop; reads that must touch SSTables, scans,
+- Point reads answered from the memtables, or ruled out for every SSTable by key range and bloom filter,
+  stay on the loop; reads that must touch SSTables, scans,
   flushes, compactions, open and close run in a thread.
 """
 
@@ -57,8 +58,8 @@ class AsyncEngine:
 
     async def get_entry(self, key: bytes) -> Entry | None:
         entry = self.engine.get_entry(key, memory_only=True)
-        if entry is not None:
-            return entry
+        if entry is not None or not self.engine.may_be_on_disk(key):
+            return entry  # answered from memory, or no table can hold it (a new key: the common write case)
         return await asyncio.to_thread(self.engine.get_entry, key)
 
     async def get(self, key: bytes) -> bytes | None:

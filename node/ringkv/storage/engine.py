@@ -298,6 +298,18 @@ class Engine:
             return entry
         return None
 
+    def may_be_on_disk(self, key: bytes) -> bool:
+        """Whether any SSTable might hold `key` (key range and bloom filter only: no I/O). A point read that
+        the memtables do not answer needs the disk only when this is True."""
+        stats = self.stats
+        for table in self._view.tables:
+            info = table.info
+            if info.first_key <= key <= info.last_key:
+                if table.bloom.may_contain(key):
+                    return True
+                stats.bloom_negatives += 1
+        return False
+
     def get(self, key: bytes) -> bytes | None:
         """The current value of `key`, or None when absent or deleted."""
         if self._closed:
