@@ -18,6 +18,7 @@ Pure: no clocks (callers pass `now_ms`), no I/O.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -67,10 +68,12 @@ class MemberState:
                 peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
                 datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed member state: {e!r}") from None
-        if not state.node_id or state.capacity <= 0:
-            raise ValueError("malformed member state: empty id or non-positive capacity")
+        if not state.node_id or not (math.isfinite(state.capacity) and state.capacity > 0):
+            raise ValueError("malformed member state: empty id or capacity not a positive number")
+        if not all(-(2**63) <= t < 2**63 for t in state.tokens):
+            raise ValueError("malformed member state: a token outside the signed 64-bit range")
         return state
 
 

@@ -4,7 +4,9 @@ Every `interval_s` (1 s) this node bumps its heartbeat and exchanges its whole s
 1-3 random peers it believes up, now and then a seed (so partitions heal and restarted nodes are found) and
 now and then a peer it believes down (so recoveries are noticed even without a third party). A new version
 of a peer's state, however it arrived, counts as a heartbeat of that peer for the phi accrual failure
-detector; a peer is down while its phi is over the threshold (8).
+detector (a new generation, i.e. a restart, starts a fresh history); a peer is down while its phi is over
+the threshold (8). The detector's model (`PhiConfig`: first interval estimate, acceptable pause...) may be
+passed in; its defaults suit the 1 s interval.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ringkv.cluster.failure_detector import PhiAccrualFailureDetector
+from ringkv.cluster.failure_detector import PhiAccrualFailureDetector, PhiConfig
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState
 from ringkv.net.transport import PeerClient, Peers, RemoteError, TransportError
@@ -35,13 +37,14 @@ class Gossiper:
         on_members_changed: Callable[[], None] = lambda: None,
         on_transition: Callable[[NodeId, bool], None] = lambda node, up: None,
         rng: random.Random | None = None,
+        phi_config: PhiConfig | None = None,
     ) -> None:
         self.membership = membership
         self.peers = peers
         self.seeds = list(seeds)
         self.interval_s = interval_s
         self.phi_threshold = phi_threshold
-        self.detector = PhiAccrualFailureDetector()
+        self.detector = PhiAccrualFailureDetector(phi_config)
         self._on_members_changed = on_members_changed
         self._on_transition = on_transition
         self._rng = rng or random.Random()
@@ -81,9 +84,12 @@ class Gossiper:
             raise ValueError("gossip body must be a list of member states")
         parsed = [MemberState.from_wire(doc) for doc in states]
         before = {n: (s.status, s.tokens, s.host, s.http_port, s.peer_port) for n, s in self.membership.members.items()}
+        generations = {n: s.generation for n, s in self.membership.members.items()}
         news = self.membership.apply(parsed)
         now = time.monotonic()
         for state in news:
+            if state.generation > generations.get(state.node_id, state.generation):
+                self.detector.remove(state.node_id)  # restarted: the downtime is no heartbeat interval
             self.detector.heartbeat(state.node_id, now)
         changed = any(
             before.get(s.node_id) != (s.status, s.tokens, s.host, s.http_port, s.peer_port) for s in news

@@ -132,3 +132,15 @@ async def deliver_pending(store: HintStore, target: NodeId,
         await store.remove(hint, delivered=True)
         sent += 1
     return sent
+
+
+async def drop_expired(store: HintStore, target: NodeId, batch: int = 128) -> int:
+    """Drop (and count) `target`'s hints older than the hint window, so hints for a node that stays down do
+    not fill the store. They are in time order: stops at the first one still in the window."""
+    dropped = 0
+    for hint in await store.batch(target, batch):
+        if not store.expired(hint):
+            break
+        await store.remove(hint, delivered=False)
+        dropped += 1
+    return dropped

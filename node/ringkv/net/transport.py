@@ -10,9 +10,10 @@ Wire format (version 1; never change without bumping `PROTOCOL_VERSION`)::
     response := [1, request_id:int, ok:bool, body | [error_code:str, message:str, details:map]]
 
 One connection per peer pair direction; many requests share it, matched by `request_id`, each answered as
-soon as its handler finishes (handlers run concurrently, bounded per connection). A node refuses
-connections whose hello names another cluster. Every call has a timeout; a lost connection fails every
-pending call on it and the next call reconnects.
+soon as its handler finishes (handlers run concurrently, bounded per connection). A frame over the limit is
+refused by its sender (a request fails with TransportError, a response becomes error `frame_too_large`) and,
+if received, drops the connection. A node refuses connections whose hello names another cluster. Every call
+has a timeout; a lost connection fails every pending call on it and the next call reconnects.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class RemoteError(RingkvError):
 
 def _pack(obj: Any) -> bytes:
     data: bytes = msgpack.packb(obj, use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise TransportError(f"frame of {len(data)} bytes is over the limit")
     return _LEN.pack(len(data)) + data
 
 
@@ -108,12 +111,15 @@ class TransportServer:
         except (asyncio.IncompleteReadError, ConnectionError, TransportError, ValueError,
                 msgpack.UnpackException):
             pass
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly (Python 3.11's start_server logs a cancelled connection task as an error)
         finally:
             self._connections.discard(task)
             writer.close()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
-        hello = await asyncio.wait_for(_read_frame(reader), timeout=10.0)
+        async with asyncio.timeout(10.0):  # not wait_for: on 3.11 it can swallow stop()'s cancellation
+            hello = await _read_frame(reader)
         if not isinstance(hello, dict) or hello.get("t") != "hello" or hello.get("v") != PROTOCOL_VERSION:
             writer.write(_pack({"t": "refused", "reason": "bad hello"}))
             return None
@@ -159,7 +165,11 @@ class TransportServer:
                     log.exception("internode %s from %s failed", method, peer)
                     reply = [_RESPONSE, request_id, False, ["internal_error", repr(e), {}]]
             if not writer.is_closing():
-                writer.write(_pack(reply))
+                try:
+                    frame = _pack(reply)
+                except TransportError as e:  # fail this call, not every call sharing the connection
+                    frame = _pack([_RESPONSE, request_id, False, ["frame_too_large", str(e), {}]])
+                writer.write(frame)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -186,12 +196,13 @@ class PeerClient:
         async with self._connecting:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self._connect_timeout_s)
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation
+                async with asyncio.timeout(self._connect_timeout_s):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
                 writer.write(_pack({"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster,
                                     "node": self.node_id}))
-                answer = await asyncio.wait_for(_read_frame(reader), self._connect_timeout_s)
+                async with asyncio.timeout(self._connect_timeout_s):
+                    answer = await _read_frame(reader)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, msgpack.UnpackException) as e:
                 raise TransportError(f"cannot connect to {self.host}:{self.port}: {e!r}") from None
             if not isinstance(answer, dict) or answer.get("t") != "welcome":
