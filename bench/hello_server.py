@@ -1,13 +1,10 @@
-"""A plain aiohttp "hello world" server: the Python HTTP ceiling that `bench/http.py` measures ringkv against.
+"""A plain aiohttp "hello world" server: the Python HTTP ceiling that `bench/http_node.py` measures ringkv against.
 
     python -m bench.hello_server [--host 127.0.0.1] [--port 0]
 
 `GET /` answers a small JSON object. Served like the node serves its API (AppRunner, no access log, uvloop
 when installed), with no middleware, no parsing and no storage: whatever ringkv does on top costs the rest.
 Prints `hello ready on http://HOST:PORT` when listening; SIGTERM or SIGINT stops it.
-
-Run it with `-m` from the repository root: as `python bench/hello_server.py`, bench/ would come first on
-sys.path and `bench/http.py` would shadow the standard library's `http`.
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--context")
     for p in (put, get, delete):
         p.add_argument("--url", default=os.environ.get("RINGKV_URL", "http://127.0.0.1:8080"), help=url_help)
+    from ringkv.loadgen import cli as bench_cli
+
+    bench_cli.add_parser(sub)
     return parser
 
 
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("run", "local"):
         return _local(args)
+    if args.command == "bench":
+        from ringkv.loadgen import cli as bench_cli
+
+        return bench_cli.main(args)
     if args.command == "node":
         from ringkv import server
 

@@ -366,10 +366,10 @@ class Engine:
                 frozen = tuple(m for m in view.frozen if m is not memtable)
                 tables = view.tables if table is None else (table, *view.tables)
                 self._view = replace(view, frozen=frozen, tables=tables)
+                self.stats.flushes += 1  # counted as the table appears
                 floor = min(m.segment_id for m in (self._view.active, *frozen))
             self._store_manifest(tables, log_floor=floor)
         self._wal.delete_segment(memtable.segment_id)
-        self.stats.flushes += 1
         with self._work:
             self._work.notify_all()
         return True

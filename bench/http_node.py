@@ -1,7 +1,7 @@
 """Single-node HTTP benchmark: ringkv's public API next to a plain aiohttp hello-world, same machine, same run.
 
-    python bench/http.py [--connections 32] [--duration 10] [--workers 1] [--keys 10000] [--no-off] [--json]
-    python -m bench.http ...                      (the same, from the repository root)
+    python bench/http_node.py [--connections 32] [--duration 10] [--workers 1] [--keys 10000] [--no-off] [--json]
+    python -m bench.http_node ...                      (the same, from the repository root)
 
 Starts, one after the other (never two servers at once), each as its own process on 127.0.0.1:
 
@@ -26,18 +26,11 @@ requests are counted as errors (and make the exit status 1).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# `python bench/http.py` puts bench/ first on sys.path, where this file would shadow the standard library's
-# `http` module, which aiohttp imports: take bench/ off before importing anything else.
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import platform
 import queue
 import random
@@ -45,6 +38,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
