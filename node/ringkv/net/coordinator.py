@@ -179,7 +179,7 @@ class Coordinator:
     async def _replicate_rest(self, key: bytes, encoded: bytes, preference: tuple[NodeId, ...],
                               settle: Callable[[NodeId, bool], None] | None) -> None:
         """Send the record to every other replica; a failed one is replaced by a hinted fallback."""
-        fallbacks = self.fallbacks(key, preference)
+        fallbacks: list[NodeId] | None = None  # walked only when a replica fails (rarely)
 
         async def one(node: NodeId) -> None:
             ok = False
@@ -190,6 +190,9 @@ class Coordinator:
                 except (TransportError, RemoteError) as e:
                     log.info("replicating to %s failed: %s", node, e)
             if not ok and self.hints_enabled:
+                nonlocal fallbacks
+                if fallbacks is None:
+                    fallbacks = self.fallbacks(key, preference)  # shared: two failed replicas get two stand-ins
                 ok = await self._hint(node, key, encoded, fallbacks)
             if settle is not None:
                 settle(node, ok)
