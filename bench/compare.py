@@ -53,6 +53,7 @@ from ringkv import __version__, local
 from ringkv.loadgen import driver
 from ringkv.loadgen.plan import BenchPlan
 from ringkv.loadgen.stats import PERCENTILES, RunResult, percentile_label
+from ringkv.local import port_free
 
 SYSTEMS = ("ringkv", "etcd", "redis")
 WORKLOADS = {"put": 0.0, "get": 1.0, "mixed": 0.5}  # workload -> read fraction
@@ -65,16 +66,6 @@ def log(message: str) -> None:
 
 
 # -- ports, processes, binaries -------------------------------------------------------------------------------
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_ports(count: int, taken: set[int]) -> list[int]:

@@ -63,7 +63,8 @@ def plan(data_dir: str, nodes: int, base_port: int, replication: int, num_tokens
     return out
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (a bind test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -157,7 +158,7 @@ class LocalCluster:
         if _alive(node.pid):
             return
         for port in (node.http_port, node.peer_port):
-            if not _port_free(port):
+            if not port_free(port):
                 raise RuntimeError(f"port {port} for {node.node_id} is in use")
         os.makedirs(node.data_dir, exist_ok=True)
         with open(node.log_path, "ab") as log:
