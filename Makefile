@@ -1,12 +1,20 @@
 # Shortcuts; the README's commands (bash tools/run, bash tools/test) work without make.
-.PHONY: run test lint bench clean
+.PHONY: run down test lint bench bench-http bench-compare manifests clean
 run:
 	bash tools/run
+down:
+	.venv/bin/ringkv local down
 test:
 	bash tools/test
 lint:
 	bash tools/bootstrap && . .venv/bin/activate && ruff check node operator tests bench && mypy && lint-imports
-bench:
+bench:  ## the storage engine next to sqlite3
 	bash tools/bootstrap && .venv/bin/python bench/engine.py
+bench-http:  ## one node over HTTP next to an aiohttp hello-world
+	bash tools/bootstrap && .venv/bin/python bench/http_node.py
+bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis (installs them when missing)
+	bash tools/bootstrap && .venv/bin/python bench/compare.py
+manifests:  ## regenerate manifests/ from the chart
+	bash tools/render-manifests
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis
