@@ -15,6 +15,6 @@ bench-http:  ## one node over HTTP next to an aiohttp hello-world
 bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis (installs them when missing)
 	bash tools/bootstrap && .venv/bin/python bench/compare.py
 manifests:  ## regenerate manifests/ from the chart
-	bash tools/render-manifests
+	bash tools/bootstrap && .venv/bin/python tools/render-manifests
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis
