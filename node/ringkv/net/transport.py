@@ -35,6 +35,7 @@ log = logging.getLogger("ringkv.transport")
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT_PER_CONNECTION = 512
+MAX_PENDING_CALLS = 4096  # per peer: past this a call fails at once instead of queueing without bound
 _LEN = struct.Struct(">I")
 _REQUEST, _RESPONSE = 0, 1
 
@@ -245,6 +246,8 @@ class PeerClient:
 
     async def call(self, method: str, body: Any, timeout_s: float) -> Any:
         """Send one request and await its answer; TransportError on connection trouble or timeout."""
+        if len(self._pending) >= MAX_PENDING_CALLS:
+            raise TransportError(f"{len(self._pending)} calls to {self.host}:{self.port} are in flight already")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:

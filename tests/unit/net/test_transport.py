@@ -332,3 +332,35 @@ def test_a_call_cancelled_as_its_connection_opens_is_cancelled(monkeypatch: pyte
             assert caller[0].cancelled()
 
     run(main())
+
+
+def test_calls_past_the_pending_bound_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "MAX_PENDING_CALLS", 2)
+
+    async def main() -> None:
+        gate, both_arrived = asyncio.Event(), asyncio.Event()
+        arrived = []
+
+        async def wait(body: object, peer: str) -> object:
+            arrived.append(body)
+            if len(arrived) == 2:
+                both_arrived.set()
+            await gate.wait()
+            return body
+
+        server = transport.TransportServer("c", "srv", {"wait": wait})
+        port = await server.start("127.0.0.1", 0)
+        client = transport.PeerClient("c", "cli", "127.0.0.1", port)
+        try:
+            first = [asyncio.create_task(client.call("wait", i, timeout_s=5)) for i in range(2)]
+            async with asyncio.timeout(5):
+                await both_arrived.wait()  # the server has both, so both are pending on the client
+            with pytest.raises(transport.TransportError, match="in flight"):
+                await client.call("wait", 3, timeout_s=5)
+            gate.set()
+            assert sorted(await asyncio.gather(*first)) == [0, 1]
+        finally:
+            await client.close()
+            await server.stop()
+
+    asyncio.run(main())
