@@ -67,7 +67,7 @@ def wait_until(check: Callable[[], T | None], timeout_s: float, what: str, poll_
 
 
 def _ports_free(base: int, nodes: int) -> bool:
-    return all(local._port_free(base + i) and local._port_free(base + local.PEER_PORT_OFFSET + i)
+    return all(local.port_free(base + i) and local.port_free(base + local.PEER_PORT_OFFSET + i)
                for i in range(nodes))
 
 
