@@ -1,0 +1,289 @@
+"""The Kubernetes objects of a KVCluster, built by pure functions: spec (and the plan's shape) in, manifests
+(plain dicts, as the API takes them) out. Nothing here reads the cluster.
+
+Per KVCluster NAME in namespace NS:
+
+    ConfigMap            NAME-config   node settings as RINGKV_* variables (spec.config, quorums, seeds...)
+    Service (headless)   NAME-peers    stable pod DNS NAME-...-k.NAME-peers.NS.svc, ready or not (seeds resolve
+                                       while the cluster bootstraps); ports peer 7070, http 8080
+    Service              NAME          the HTTP API (port "http" 8080) over ready nodes; scraped for metrics
+    PodDisruptionBudget  NAME          maxUnavailable 1 over all the cluster's nodes
+    StatefulSet          NAME          the nodes; with racks one per rack, NAME-RACK, pinned to the rack's zone
+
+Every object carries the cluster's labels and a controller ownerReference to the KVCluster. A node's identity
+is its pod name (RINGKV_NODE_ID); it advertises its pod DNS name; it allocates its own tokens at first start
+(asking the seeds) and keeps them on its volume, so nothing here plans tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ringkv_operator import plan
+from ringkv_operator import spec as specmod
+from ringkv_operator.settings import Settings
+
+HTTP_PORT = 8080
+PEER_PORT = 7070
+DATA_MOUNT = "/var/lib/ringkv"
+DATA_DIR = f"{DATA_MOUNT}/data"
+UID = 10001
+CONFIG_HASH_ANNOTATION = "ringkv.io/config-hash"
+SERVICE_ROLE_LABEL = "ringkv.io/service"
+CONTAINER = "ringkv"
+# Kubernetes sends SIGTERM, the node drains for shutdown_timeout_s (default 10 s), then flushes and fsyncs
+# its memtable; the grace period leaves room for both before SIGKILL.
+MIN_GRACE_SECONDS = 60
+FLUSH_MARGIN_SECONDS = 30
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def peer_service_name(name: str) -> str:
+    return f"{name}-peers"
+
+
+# -- labels and ownership ----------------------------------------------------------------------------------------
+
+
+def selector_labels(spec: specmod.ClusterSpec) -> dict[str, str]:
+    """Labels that select the cluster's node pods (all racks)."""
+    return {"app.kubernetes.io/name": "ringkv", "app.kubernetes.io/instance": spec.name,
+            "app.kubernetes.io/component": "node"}
+
+
+def selector(spec: specmod.ClusterSpec) -> str:
+    """The pods' label selector as a string (the status' `selector`, for the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(spec).items()))
+
+
+def labels(spec: specmod.ClusterSpec, component: str | None = None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": "ringkv", "app.kubernetes.io/instance": spec.name,
+           "app.kubernetes.io/managed-by": "ringkv-operator", "app.kubernetes.io/part-of": "ringkv"}
+    if component:
+        out["app.kubernetes.io/component"] = component
+    return out
+
+
+def owned_labels(name: str) -> dict[str, str]:
+    """Labels every object the operator makes for the cluster NAME carries."""
+    return {"app.kubernetes.io/instance": name, "app.kubernetes.io/managed-by": "ringkv-operator"}
+
+
+def claim_labels(name: str) -> dict[str, str]:
+    """Labels of the nodes' PersistentVolumeClaims (from the StatefulSets' claim template)."""
+    return {"app.kubernetes.io/name": "ringkv", "app.kubernetes.io/instance": name}
+
+
+def owner_reference(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    return {"apiVersion": f"{specmod.API_GROUP}/{specmod.API_VERSION}", "kind": specmod.KIND, "name": spec.name,
+            "uid": spec.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(spec: specmod.ClusterSpec, name: str, extra_labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": {**labels(spec), **extra_labels},
+            "ownerReferences": [owner_reference(spec)]}
+
+
+# -- node settings -----------------------------------------------------------------------------------------------
+
+
+def node_address(spec: specmod.ClusterSpec, pod: str) -> str:
+    return f"{pod}.{peer_service_name(spec.name)}.{spec.namespace}.svc"
+
+
+def node_settings(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet]) -> dict[str, str]:
+    """The ConfigMap's data: every `ringkv node` setting the pods share, as RINGKV_* variables."""
+    data = {
+        "RINGKV_HOST": "0.0.0.0",
+        "RINGKV_PORT": str(HTTP_PORT),
+        "RINGKV_PEER_PORT": str(PEER_PORT),
+        "RINGKV_DATA_DIR": DATA_DIR,
+        "RINGKV_CLUSTER_NAME": f"{spec.namespace}/{spec.name}",
+        "RINGKV_SEEDS": ",".join(f"{node_address(spec, pod)}:{PEER_PORT}" for pod in plan.seed_pods(shape)),
+        "RINGKV_REPLICATION_FACTOR": str(spec.replication_factor),
+        "RINGKV_READ_QUORUM": str(spec.read_quorum),
+        "RINGKV_WRITE_QUORUM": str(spec.write_quorum),
+    }
+    for key, value in spec.config:
+        data["RINGKV_" + key.upper()] = value
+    return data
+
+
+def config_hash(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def grace_seconds(spec: specmod.ClusterSpec) -> int:
+    shutdown = float(dict(spec.config).get("shutdown_timeout_s", "10"))
+    return max(MIN_GRACE_SECONDS, int(shutdown) + FLUSH_MARGIN_SECONDS)
+
+
+# -- objects -----------------------------------------------------------------------------------------------------
+
+
+def config_map(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _metadata(spec, config_map_name(spec.name), {"app.kubernetes.io/component": "config"}),
+            "data": node_settings(spec, shape)}
+
+
+def peer_service(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(spec, peer_service_name(spec.name), {SERVICE_ROLE_LABEL: "peers"}),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # seeds must resolve before they are ready
+            "selector": selector_labels(spec),
+            "ports": [{"name": "peer", "port": PEER_PORT, "targetPort": "peer", "protocol": "TCP"},
+                      {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def client_service(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(spec, spec.name, {SERVICE_ROLE_LABEL: "client"}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def disruption_budget(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, spec.name, {"app.kubernetes.io/component": "node"}),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec)}},
+    }
+
+
+def _pod_selector(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, str]:
+    out = selector_labels(spec)
+    if rack_set.rack is not None:
+        out[plan.RACK_LABEL] = rack_set.rack
+    return out
+
+
+def _affinity(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, Any]:
+    """Nodes of one cluster on distinct Kubernetes nodes where possible; a rack with a zone runs in that zone,
+    otherwise the nodes also spread over zones where possible."""
+    def term(weight: int, topology: str) -> dict[str, Any]:
+        return {"weight": weight, "podAffinityTerm": {"topologyKey": topology,
+                                                      "labelSelector": {"matchLabels": selector_labels(spec)}}}
+
+    preferred = [term(100, "kubernetes.io/hostname")]
+    affinity: dict[str, Any] = {}
+    if rack_set.zone is None:
+        preferred.append(term(50, "topology.kubernetes.io/zone"))
+    else:
+        affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                                   "values": [rack_set.zone]}]}]}}
+    affinity["podAntiAffinity"] = {"preferredDuringSchedulingIgnoredDuringExecution": preferred}
+    return affinity
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http", "scheme": "HTTP"}, "periodSeconds": period,
+            "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Settings) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": "RINGKV_NODE_ID", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "RINGKV_ADVERTISE_HOST",
+         "value": f"$(RINGKV_NODE_ID).{peer_service_name(spec.name)}.{spec.namespace}.svc"},
+    ]
+    if rack_set.rack is not None:
+        env.append({"name": "RINGKV_RACK", "value": rack_set.rack})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or settings.node_image,
+        "imagePullPolicy": settings.node_image_pull_policy,
+        "command": ["ringkv", "node"],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                  {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": config_map_name(spec.name)}}],
+        "env": env,
+        # Up to 10 minutes to open storage (replaying a large commit log) and join the ring before liveness.
+        "startupProbe": _probe("/health", 5, 120),
+        "livenessProbe": _probe("/health", 10, 6),
+        "readinessProbe": _probe("/ready", 5, 3),
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.resources:
+        container["resources"] = dict(spec.resources)
+    return container
+
+
+def statefulset(spec: specmod.ClusterSpec, rack_set: plan.RackSet, shape: Sequence[plan.RackSet],
+                settings: Settings) -> dict[str, Any]:
+    pod_labels = {**labels(spec, "node"), **_pod_selector(spec, rack_set)}
+    claim: dict[str, Any] = {
+        "metadata": {"name": "data", "labels": selector_labels(spec)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.storage_size}}},
+    }
+    if spec.storage_class:
+        claim["spec"]["storageClassName"] = spec.storage_class
+    if rack_set.rack is not None:
+        claim["metadata"]["labels"][plan.RACK_LABEL] = rack_set.rack
+    sts: dict[str, Any] = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": _metadata(spec, rack_set.name, {"app.kubernetes.io/component": "node",
+                                                    **({plan.RACK_LABEL: rack_set.rack} if rack_set.rack else {})}),
+        "spec": {
+            "serviceName": peer_service_name(spec.name),
+            "replicas": rack_set.replicas,
+            # One pod at a time: the first node allocates its tokens alone, each later one balances against
+            # the ring it finds through the seeds.
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "minReadySeconds": 5,  # a restarted node is gossiped back in before the next one goes down
+            "revisionHistoryLimit": 10,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete" if spec.delete_volumes else "Retain",
+                                                     "whenScaled": "Retain"},
+            "selector": {"matchLabels": _pod_selector(spec, rack_set)},
+            "template": {
+                "metadata": {"labels": pod_labels,
+                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(node_settings(spec, shape))}},
+                "spec": {
+                    "enableServiceLinks": False,  # a Service named "ringkv" would inject RINGKV_PORT=tcp://...
+                    "terminationGracePeriodSeconds": grace_seconds(spec),
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                        "fsGroupChangePolicy": "OnRootMismatch",
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "affinity": _affinity(spec, rack_set),
+                    "containers": [_container(spec, rack_set, settings)],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+    template = sts["spec"]["template"]
+    template["metadata"]["annotations"][plan.TEMPLATE_HASH_ANNOTATION] = config_hash(template)
+    sts["metadata"]["annotations"] = {plan.SPEC_HASH_ANNOTATION: config_hash(sts)}
+    return sts
+
+
+def statefulsets(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet], settings: Settings) -> list[dict[str, Any]]:
+    return [statefulset(spec, rack_set, shape, settings) for rack_set in shape]
+
+
+def all_objects(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet], settings: Settings) -> list[dict[str, Any]]:
+    """Everything the operator owns for the cluster, in the order to create it (config and Services before
+    the pods that need them)."""
+    return [config_map(spec, shape), peer_service(spec), client_service(spec), disruption_budget(spec),
+            *statefulsets(spec, shape, settings)]

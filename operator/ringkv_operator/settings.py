@@ -1,0 +1,74 @@
+"""The operator's own settings, from its environment (the chart's Deployment sets them). Pure: the environment
+is passed in.
+
+    RINGKV_OPERATOR_NODE_IMAGE              node image of KVClusters without spec.image (the chart: its own image)
+    RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY  pull policy of the nodes (Always, IfNotPresent, Never)
+    RINGKV_OPERATOR_NODE_URL_TEMPLATE       how the operator reaches a node's HTTP API, with the fields {pod},
+                                            {pod_ip}, {service} (the headless Service), {namespace} and {port}
+                                            (the pod's container port named "http"); default the pod's DNS name
+    RINGKV_OPERATOR_RESYNC_SECONDS          how often each KVCluster is reconciled and its status refreshed
+    RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS    timeout of one request to a node's admin API
+    POD_NAMESPACE                           the operator's namespace (informational: it watches all namespaces)
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_NODE_IMAGE = "ringkv:0.1.0"
+DEFAULT_NODE_URL_TEMPLATE = "http://{pod}.{service}.{namespace}.svc:{port}"
+URL_FIELDS = frozenset({"pod", "pod_ip", "service", "namespace", "port"})
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+ENV_NAMES = frozenset({"RINGKV_OPERATOR_NODE_IMAGE", "RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY",
+                       "RINGKV_OPERATOR_NODE_URL_TEMPLATE", "RINGKV_OPERATOR_RESYNC_SECONDS",
+                       "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS", "POD_NAMESPACE"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_image: str = DEFAULT_NODE_IMAGE
+    node_image_pull_policy: str = "IfNotPresent"
+    node_url_template: str = DEFAULT_NODE_URL_TEMPLATE
+    resync_seconds: float = 15.0
+    http_timeout_seconds: float = 2.0
+    namespace: str = ""
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive")
+    return value
+
+
+def from_env(environ: Mapping[str, str]) -> Settings:
+    """The settings; raises ValueError naming the first bad variable."""
+    pull_policy = environ.get("RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY", "").strip() or "IfNotPresent"
+    if pull_policy not in PULL_POLICIES:
+        raise ValueError(f"RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY must be one of {', '.join(PULL_POLICIES)}")
+    template = environ.get("RINGKV_OPERATOR_NODE_URL_TEMPLATE", "").strip() or DEFAULT_NODE_URL_TEMPLATE
+    used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if not used <= URL_FIELDS:
+        raise ValueError(f"RINGKV_OPERATOR_NODE_URL_TEMPLATE may only use {sorted(URL_FIELDS)}, "
+                         f"not {sorted(used - URL_FIELDS)}")
+    return Settings(
+        node_image=environ.get("RINGKV_OPERATOR_NODE_IMAGE", "").strip() or DEFAULT_NODE_IMAGE,
+        node_image_pull_policy=pull_policy,
+        node_url_template=template,
+        resync_seconds=_positive(environ, "RINGKV_OPERATOR_RESYNC_SECONDS", Settings.resync_seconds),
+        http_timeout_seconds=_positive(environ, "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS",
+                                       Settings.http_timeout_seconds),
+        namespace=environ.get("POD_NAMESPACE", "").strip(),
+    )
+
+
+def node_url(template: str, *, pod: str, pod_ip: str, service: str, namespace: str, port: int) -> str:
+    return template.format(pod=pod, pod_ip=pod_ip, service=service, namespace=namespace, port=port)

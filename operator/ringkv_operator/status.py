@@ -1,0 +1,165 @@
+"""A KVCluster's status, computed from what was observed. Pure: the observations and the time are passed in.
+
+    phase        Creating   until every node has been ready once
+                 Running    every node ready, every ring member up
+                 Updating   a StatefulSet is rolling a new template over its pods
+                 Degraded   nodes not ready or members down, with no rollout to explain it
+                 Failed     the spec cannot be built (the message says why)
+    conditions   Available       True while at least max(readQuorum, writeQuorum) nodes are ready
+                 Progressing     True while creating or rolling out
+                 Degraded        True when nodes are missing or down outside a rollout
+                 ScalingRefused  True while spec asks for another size (or other racks) than the cluster runs:
+                                 scaling is not supported yet, the running size is kept
+
+Conditions follow metav1.Condition; a condition's lastTransitionTime changes only when its status does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringkv_operator import plan, resources
+from ringkv_operator import spec as specmod
+
+CONDITION_TYPES = ("Available", "Progressing", "Degraded", "ScalingRefused")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of one cluster in one pass."""
+
+    statefulsets: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()
+    members: Sequence[Mapping[str, Any]] | None = None  # a node's /admin/v1/members "members"; None: no answer
+    members_error: str = ""
+    pending_rollout: Sequence[str] = field(default_factory=tuple)  # StatefulSets whose new template waits
+
+
+def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> list[dict[str, Any]]:
+    """status.members from /admin/v1/members: node ids are pod names."""
+    out = []
+    for m in sorted(members, key=lambda m: str(m.get("node_id", ""))):
+        node_id = str(m.get("node_id", ""))
+        item: dict[str, Any] = {"nodeId": node_id, "host": str(m.get("host", "")), "status": str(m.get("status", "")),
+                                "up": bool(m.get("up")), "rack": str(m.get("rack", "")),
+                                "tokens": int(m.get("tokens") or 0)}
+        if node_id in pods:
+            item["pod"] = node_id
+        out.append(item)
+    return out
+
+
+def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, reason: str, message: str,
+              generation: int | None, now: str) -> dict[str, Any]:
+    value = "True" if status else "False"
+    before = next((c for c in previous if c.get("type") == type_), None)
+    since = before["lastTransitionTime"] if before and before.get("status") == value \
+        and before.get("lastTransitionTime") else now
+    out = {"type": type_, "status": value, "lastTransitionTime": since, "reason": reason, "message": message}
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
+def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observed,
+            previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The whole status (every key, so a merge patch replaces it)."""
+    pods = [p for p in observed.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    names = {str(p["metadata"]["name"]) for p in pods}
+    wanted, ready = decision.replicas, sum(1 for p in pods if plan.pod_ready(p))
+    members = members_summary(observed.members or (), names)
+    down = sorted(m["nodeId"] for m in members if not m["up"] or m["status"] != "normal")
+    absent = sorted(set(plan.node_order(decision.shape)) - {m["nodeId"] for m in members}) \
+        if observed.members is not None else []
+    rollout = sorted({str(s["metadata"]["name"]) for s in observed.statefulsets if plan.rolling(s, pods)}
+                     | set(observed.pending_rollout))
+    previous_phase = previous.get("phase") or "Creating"
+    creating = previous_phase in ("Creating", "Failed") and ready < wanted
+    degraded = not creating and not rollout and (ready < wanted or bool(down) or bool(absent))
+
+    if creating:
+        phase = "Creating"
+    elif rollout:
+        phase = "Updating"
+    elif degraded:
+        phase = "Degraded"
+    else:
+        phase = "Running"
+
+    before = previous.get("conditions") or []
+    gen = spec.generation
+    available = ready >= max(1, spec.quorum)
+    conditions = [
+        condition(before, "Available", available, "QuorumReachable" if available else "TooFewNodesReady",
+                  f"{ready} of {wanted} nodes ready; requests at R={spec.read_quorum}, W={spec.write_quorum} "
+                  f"need {spec.quorum}", gen, now),
+        condition(before, "Progressing", creating or bool(rollout),
+                  "Creating" if creating else "RollingUpdate" if rollout else "Complete",
+                  f"creating: {ready} of {wanted} nodes ready" if creating
+                  else f"rolling out a new template: {', '.join(rollout)}" if rollout
+                  else "every StatefulSet runs the current template", gen, now),
+        condition(before, "Degraded", degraded,
+                  _degraded_reason(ready, wanted, down, absent) if degraded else "AsExpected",
+                  _degraded_message(ready, wanted, down, absent, observed.members_error) if degraded
+                  else "all nodes ready" + ("" if observed.members is not None else
+                                            f"; ring members unknown: {observed.members_error or 'no node answered'}"),
+                  gen, now),
+        condition(before, "ScalingRefused", decision.refusal is not None,
+                  "ScalingNotSupported" if decision.refusal else "SizeMatchesSpec",
+                  decision.refusal or f"the cluster runs the {wanted} nodes spec asks for", gen, now),
+    ]
+    out: dict[str, Any] = {"replicas": len(pods), "readyReplicas": ready, "selector": resources.selector(spec),
+                           "phase": phase, "conditions": conditions, "members": members}
+    if gen is not None:
+        out["observedGeneration"] = gen
+    return out
+
+
+def _degraded_reason(ready: int, wanted: int, down: Sequence[str], absent: Sequence[str]) -> str:
+    if ready < wanted:
+        return "NodesNotReady"
+    return "MembersDown" if down else "MembersMissing"
+
+
+def _degraded_message(ready: int, wanted: int, down: Sequence[str], absent: Sequence[str], error: str) -> str:
+    parts = [f"{ready} of {wanted} nodes ready"]
+    if down:
+        parts.append(f"down or not normal in the ring: {', '.join(down)}")
+    if absent:
+        parts.append(f"not in the ring: {', '.join(absent)}")
+    if error:
+        parts.append(f"ring members unknown: {error}")
+    return "; ".join(parts)
+
+
+def failed(spec_error: str, previous: Mapping[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    """The status of a KVCluster whose spec cannot be built."""
+    before = previous.get("conditions") or []
+    out: dict[str, Any] = {
+        "phase": "Failed",
+        "conditions": [condition(before, "Available", False, "InvalidSpec", spec_error, generation, now),
+                       condition(before, "Progressing", False, "InvalidSpec", spec_error, generation, now),
+                       condition(before, "Degraded", True, "InvalidSpec", spec_error, generation, now)],
+    }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
+def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any]:
+    return next((c for c in conditions if c.get("type") == type_), {})
+
+
+def newly_true(new: Mapping[str, Any], old: Mapping[str, Any], type_: str) -> str | None:
+    """The condition's message if it turns True with `new` (for a one-off event), else None."""
+    now, before = find(new.get("conditions") or [], type_), find(old.get("conditions") or [], type_)
+    if now.get("status") == "True" and before.get("status") != "True":
+        return str(now.get("message", ""))
+    return None
+
+
+def changed(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether writing `new` changes anything (keys the operator does not write are ignored)."""
+    return any(old.get(key) != value for key, value in new.items())

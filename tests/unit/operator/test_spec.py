@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from ringkv_operator import spec as specmod
+
+from .samples import kvcluster
+
+
+def test_an_empty_spec_gets_the_crds_defaults() -> None:
+    cluster = specmod.parse(kvcluster())
+    assert (cluster.replicas, cluster.replication_factor, cluster.read_quorum, cluster.write_quorum) == (3, 3, 2, 2)
+    assert cluster.storage_size == "10Gi" and cluster.storage_class is None and not cluster.delete_volumes
+    assert cluster.image is None and cluster.racks == () and cluster.config == ()
+    assert (cluster.name, cluster.namespace, cluster.uid, cluster.generation) == ("demo", "db", "uid-1", 1)
+
+
+def test_a_full_spec() -> None:
+    cluster = specmod.parse(kvcluster(
+        replicas=5, replicationFactor=3, readQuorum=1, writeQuorum=3, image="reg/ringkv:1",
+        storage={"size": "50Gi", "storageClassName": "fast", "deletionPolicy": "Delete"},
+        resources={"requests": {"cpu": "1"}}, racks=[{"name": "a", "zone": "z1"}, {"name": "b"}],
+        config={"durability": "batch", "memtable_mb": 32, "hints_enabled": False, "capacity": 1.5},
+    ))
+    assert cluster.quorum == 3
+    assert cluster.delete_volumes and cluster.storage_class == "fast"
+    assert cluster.racks == (specmod.Rack("a", "z1"), specmod.Rack("b"))
+    assert dict(cluster.config) == {"durability": "batch", "memtable_mb": "32", "hints_enabled": "false",
+                                    "capacity": "1.5"}
+
+
+def test_a_small_cluster_defaults_its_quorums_to_what_fits() -> None:
+    cluster = specmod.parse(kvcluster(replicas=1, replicationFactor=1))
+    assert (cluster.read_quorum, cluster.write_quorum) == (1, 1)
+
+
+@pytest.mark.parametrize(("spec", "complaint"), [
+    ({"replicas": 0}, "spec.replicas"),
+    ({"replicas": True}, "spec.replicas"),
+    ({"replicas": 2, "replicationFactor": 3}, "must not exceed spec.replicas"),
+    ({"readQuorum": 4}, "spec.readQuorum"),
+    ({"storage": {"deletionPolicy": "Maybe"}}, "deletionPolicy"),
+    ({"racks": [{"name": "A"}]}, "DNS label"),
+    ({"racks": [{"name": "a"}, {"name": "a"}]}, "listed twice"),
+    ({"racks": [{"name": "r" * 50}]}, "longer than 52"),
+    ({"config": {"seeds": "x:1"}}, "does not accept seeds"),
+    ({"config": {"durability": ["sync"]}}, "strings, numbers or booleans"),
+])
+def test_specs_the_operator_cannot_build_are_refused_with_a_reason(spec: dict[str, object], complaint: str) -> None:
+    with pytest.raises(specmod.SpecError, match=complaint):
+        specmod.parse(kvcluster(**spec))
+
+
+def test_the_config_keys_are_exactly_the_crds() -> None:
+    """The CRD's spec.config properties and the operator's list agree (no setting the operator derives)."""
+    from pathlib import Path
+
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[3] / "manifests" / "01-crd-kvclusters.yaml").read_text())
+    [version] = crd["spec"]["versions"]
+    config = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["config"]["properties"]
+    assert set(config) == specmod.CONFIG_KEYS

@@ -1,0 +1,151 @@
+"""The status from observations: phase, conditions, members, the refusal condition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ringkv_operator import plan, status
+from ringkv_operator import spec as specmod
+
+from .samples import kvcluster
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
+
+
+def cluster(**spec: Any) -> specmod.ClusterSpec:
+    return specmod.parse(kvcluster(**spec))
+
+
+def pod(name: str, ready: bool = True, deleting: bool = False, template: str = "t1") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "db", "annotations": {plan.TEMPLATE_HASH_ANNOTATION: template}}
+    if deleting:
+        meta["deletionTimestamp"] = T0
+    return {"metadata": meta, "status": {"podIP": "10.0.0.1", "conditions": [
+        {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def member(node_id: str, up: bool = True, state: str = "normal") -> dict[str, Any]:
+    return {"node_id": node_id, "status": state, "up": up, "host": f"{node_id}.demo-peers.db.svc", "rack": "rack1",
+            "tokens": 16, "local": False, "phi": 0.1}
+
+
+def sts(name: str = "demo", replicas: int = 3, template: str = "t1") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"replicas": replicas, "template": {
+        "metadata": {"annotations": {plan.TEMPLATE_HASH_ANNOTATION: template}}}}}
+
+
+PODS = ["demo-0", "demo-1", "demo-2"]
+
+
+def conditions(got: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in got["conditions"]}
+
+
+def compute(spec: specmod.ClusterSpec | None = None, previous: dict[str, Any] | None = None, now: str = T0,
+            decision: plan.Decision | None = None, **observed: Any) -> dict[str, Any]:
+    spec = spec or cluster()
+    decision = decision or plan.decide(spec, [])
+    return status.compute(spec, decision, status.Observed(**observed), previous or {}, now)
+
+
+def test_a_healthy_cluster_is_running() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    assert got["phase"] == "Running"
+    assert (got["replicas"], got["readyReplicas"], got["observedGeneration"]) == (3, 3, 1)
+    assert got["selector"] == ("app.kubernetes.io/component=node,app.kubernetes.io/instance=demo,"
+                               "app.kubernetes.io/name=ringkv")
+    assert conditions(got) == {"Available": ("True", "QuorumReachable"), "Progressing": ("False", "Complete"),
+                               "Degraded": ("False", "AsExpected"), "ScalingRefused": ("False", "SizeMatchesSpec")}
+    assert got["members"][0] == {"nodeId": "demo-0", "pod": "demo-0", "host": "demo-0.demo-peers.db.svc",
+                                 "status": "normal", "up": True, "rack": "rack1", "tokens": 16}
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] == T0 for c in got["conditions"])
+
+
+def test_creating_until_every_node_was_ready_once() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod("demo-0"), pod("demo-1", ready=False)],
+                  members=[member("demo-0")])
+    assert got["phase"] == "Creating"
+    assert conditions(got)["Progressing"] == ("True", "Creating")
+    assert conditions(got)["Degraded"][0] == "False"  # not degraded while being created
+    assert conditions(got)["Available"] == ("False", "TooFewNodesReady")  # 1 < max(R, W) = 2
+    two = compute(previous=got, pods=[pod("demo-0"), pod("demo-1"), pod("demo-2", ready=False)])
+    assert two["phase"] == "Creating" and conditions(two)["Available"] == ("True", "QuorumReachable")
+
+
+def test_a_node_down_later_is_degraded() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    got = compute(previous=running, now=T1, statefulsets=[sts()],
+                  pods=[pod("demo-0"), pod("demo-1"), pod("demo-2", ready=False)],
+                  members=[member("demo-0"), member("demo-1"), member("demo-2", up=False)])
+    assert got["phase"] == "Degraded"
+    degraded = status.find(got["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "NodesNotReady")
+    assert "2 of 3 nodes ready" in degraded["message"] and "demo-2" in degraded["message"]
+    assert degraded["lastTransitionTime"] == T1  # it changed
+    assert status.find(got["conditions"], "Available")["lastTransitionTime"] == T0  # it did not
+
+
+def test_a_member_down_in_gossip_is_degraded_even_if_pods_are_ready() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    got = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                  members=[member("demo-0"), member("demo-1"), member("demo-2", state="leaving")])
+    assert got["phase"] == "Degraded" and conditions(got)["Degraded"] == ("True", "MembersDown")
+    missing = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                      members=[member("demo-0"), member("demo-1")])
+    assert conditions(missing)["Degraded"] == ("True", "MembersMissing")
+
+
+def test_a_rollout_is_updating_not_degraded() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    # the StatefulSet has a new template; demo-2 was replaced and is starting, the others wait their turn
+    got = compute(previous=running, statefulsets=[sts(template="t2")],
+                  pods=[pod("demo-0"), pod("demo-1"), pod("demo-2", ready=False, template="t2")],
+                  members=[member("demo-0")])
+    assert got["phase"] == "Updating"
+    assert conditions(got)["Progressing"] == ("True", "RollingUpdate")
+    assert conditions(got)["Degraded"][0] == "False"
+    waiting = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                      members=[member(n) for n in PODS], pending_rollout=["demo-b"])
+    assert waiting["phase"] == "Updating" and "demo-b" in status.find(waiting["conditions"], "Progressing")["message"]
+
+
+def test_unknown_members_do_not_degrade_but_say_why() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=None,
+                  members_error="http://demo-0...: ClientConnectorError")
+    assert got["phase"] == "Running" and got["members"] == []
+    assert "ClientConnectorError" in status.find(got["conditions"], "Degraded")["message"]
+
+
+def test_terminating_pods_do_not_count() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod("demo-0"), pod("demo-1"), pod("demo-2", deleting=True)])
+    assert (got["replicas"], got["readyReplicas"]) == (2, 2)
+
+
+def test_a_size_change_is_refused_with_a_condition() -> None:
+    spec = cluster(replicas=5)
+    decision = plan.decide(spec, [sts()])
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    got = compute(spec=spec, decision=decision, previous=running, now=T1, statefulsets=[sts()],
+                  pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    refused = status.find(got["conditions"], "ScalingRefused")
+    assert (refused["status"], refused["reason"]) == ("True", "ScalingNotSupported")
+    assert "not supported yet" in refused["message"] and refused["lastTransitionTime"] == T1
+    assert got["phase"] == "Running"  # the cluster itself is fine at its running size
+    assert status.newly_true(got, running, "ScalingRefused") == refused["message"]
+    assert status.newly_true(got, got, "ScalingRefused") is None
+
+
+def test_an_unbuildable_spec_fails() -> None:
+    got = status.failed("spec.replicas must be an integer from 1 to 100", {}, 4, T0)
+    assert got["phase"] == "Failed" and got["observedGeneration"] == 4
+    assert {c["type"]: c["reason"] for c in got["conditions"]} == {
+        "Available": "InvalidSpec", "Progressing": "InvalidSpec", "Degraded": "InvalidSpec"}
+
+
+def test_changed_ignores_keys_the_operator_does_not_write() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    assert not status.changed(got, {**got, "other": 1})
+    assert status.changed(got, {**got, "readyReplicas": 2})
+    again = compute(previous=got, now=T1, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                    members=[member(n) for n in PODS])
+    assert not status.changed(again, got)  # nothing happened: no write, no new transition times
