@@ -177,8 +177,9 @@ class ClusterNode:
         is the real one."""
         me = {(self.config.effective_advertise_host(), self.membership.local.peer_port),
               ("127.0.0.1", self.membership.local.peer_port), ("localhost", self.membership.local.peer_port)}
-        if not [seed for seed in self.config.seed_addresses() if seed not in me]:
-            return  # no seeds, or we are the only one
+        seeds = self.config.seed_addresses()
+        if not seeds or seeds[0] in me or all(seed in me for seed in seeds):
+            return  # no seeds, or we are the founder (the first seed): nobody to wait for
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
