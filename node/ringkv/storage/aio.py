@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable
 
+from ringkv.errors import StorageError
 from ringkv.storage.engine import Engine, EngineOptions
 from ringkv.storage.entry import Entry
 
@@ -20,6 +22,9 @@ from ringkv.storage.entry import Entry
 class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._settle_lock = threading.Lock()
+        self._settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
+        self._wakeup_pending = False
 
     @classmethod
     async def open(cls, path: str, options: EngineOptions | None = None) -> AsyncEngine:
@@ -29,18 +34,29 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
-        def settle(error: BaseException | None) -> None:
-            if not future.done():
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-
         def from_log_thread(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(settle, error)
+            # One fsync makes many tickets durable at once: queue them and wake the loop once, not per write.
+            with self._settle_lock:
+                self._settled.append((future, error))
+                if self._wakeup_pending:
+                    return
+                self._wakeup_pending = True
+            loop.call_soon_threadsafe(self._settle_all)
 
         self.engine.when_durable(ticket, from_log_thread)
         return future
+
+    def _settle_all(self) -> None:
+        with self._settle_lock:
+            settled, self._settled = self._settled, []
+            self._wakeup_pending = False
+        for future, error in settled:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(StorageError(f"commit log write failed: {error}"))
 
     async def write(self, key: bytes, value: bytes | None) -> None:
         """Put (or delete with `value=None`) and return once durable per the engine's durability mode."""
@@ -48,7 +64,8 @@ class AsyncEngine:
             ticket = await asyncio.to_thread(self.engine.write, key, value)
         else:
             ticket = self.engine.write(key, value)
-        await self._durable(ticket)
+        if not self.engine.is_durable(ticket):  # durability off: it is already
+            await self._durable(ticket)
 
     async def put(self, key: bytes, value: bytes) -> None:
         await self.write(key, value)

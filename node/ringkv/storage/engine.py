@@ -239,6 +239,9 @@ class Engine:
     def when_durable(self, ticket: int, callback: DurableCallback) -> None:
         self._wal.when_durable(ticket, callback)
 
+    def is_durable(self, ticket: int) -> bool:
+        return self._wal.is_durable(ticket)
+
     def write_would_stall(self) -> bool:
         """True when the next write may block waiting for flushes (async callers move it to a thread)."""
         view = self._view

@@ -169,6 +169,10 @@ class CommitLog:
             if self._durable < ticket:
                 raise StorageError(f"commit log write failed: {self._error}")
 
+    def is_durable(self, ticket: int) -> bool:
+        """Whether `ticket` is durable already (a monotonic read: no lock needed)."""
+        return self._durable >= ticket
+
     def when_durable(self, ticket: int, callback: DurableCallback) -> None:
         """Call `callback(None)` once `ticket` is durable, or `callback(error)` if it never will be.
 
@@ -270,13 +274,14 @@ class CommitLog:
                 if self._closing:
                     return  # close() drains the rest
             if self._durability is Durability.BATCH:
+                # At most one fsync per interval, measured start to start: a slow fsync eats into the pause.
                 pause = last_sync + self._batch_interval_s - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
+            last_sync = time.monotonic()
             with self._io_lock:
                 if self._fd >= 0:
                     self._drain_and_sync(force_fsync=False)
-            last_sync = time.monotonic()
             if self._error is not None:
                 return
 
