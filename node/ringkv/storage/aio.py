@@ -75,9 +75,12 @@ class AsyncEngine:
 
     async def get_entry(self, key: bytes) -> Entry | None:
         entry = self.engine.get_entry(key, memory_only=True)
-        if entry is not None or not self.engine.may_be_on_disk(key):
-            return entry  # answered from memory, or no table can hold it (a new key: the common write case)
-        return await asyncio.to_thread(self.engine.get_entry, key)
+        if entry is not None:
+            return entry
+        tables = self.engine.tables_to_read(key)  # key ranges + bloom filters, on the loop
+        if not tables:
+            return None  # no table can hold it (a new key: the common write case)
+        return await asyncio.to_thread(self.engine.read_tables, key, tables)
 
     async def get(self, key: bytes) -> bytes | None:
         self.engine.stats.gets += 1

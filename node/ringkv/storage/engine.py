@@ -285,33 +285,32 @@ class Engine:
                 return entry
         if memory_only:
             return None
-        stats = self.stats
-        for table in view.tables:
-            info = table.info
-            if key < info.first_key or key > info.last_key:
-                continue
-            if not table.bloom.may_contain(key):
-                stats.bloom_negatives += 1
-                continue
-            entry = table.get(key)
-            if entry is None:
-                stats.bloom_false_positives += 1
-                continue
-            stats.bloom_positives += 1
-            return entry
-        return None
+        return self.read_tables(key, self.tables_to_read(key))
 
-    def may_be_on_disk(self, key: bytes) -> bool:
-        """Whether any SSTable might hold `key` (key range and bloom filter only: no I/O). A point read that
-        the memtables do not answer needs the disk only when this is True."""
+    def tables_to_read(self, key: bytes) -> list[SSTableReader]:
+        """The SSTables that may hold `key`, newest first, by key range and bloom filter: no I/O, so an event
+        loop may call it and skip the disk altogether when the list is empty."""
         stats = self.stats
+        candidates = []
         for table in self._view.tables:
             info = table.info
             if info.first_key <= key <= info.last_key:
                 if table.bloom.may_contain(key):
-                    return True
-                stats.bloom_negatives += 1
-        return False
+                    candidates.append(table)
+                else:
+                    stats.bloom_negatives += 1
+        return candidates
+
+    def read_tables(self, key: bytes, tables: list[SSTableReader]) -> Entry | None:
+        """The first entry for `key` among `tables` (from `tables_to_read`): one block read per table tried."""
+        stats = self.stats
+        for table in tables:
+            entry = table.get(key)
+            if entry is not None:
+                stats.bloom_positives += 1
+                return entry
+            stats.bloom_false_positives += 1
+        return None
 
     def get(self, key: bytes) -> bytes | None:
         """The current value of `key`, or None when absent or deleted."""
