@@ -115,11 +115,12 @@ class Client:
         self._raise(status, body)
         raise AssertionError("unreachable")
 
-    async def delete(self, key: str, context: str | None = None) -> str:
+    async def delete(self, key: str, context: str | None = None, **params: int) -> str:
+        """Delete (a tombstone that supersedes what `context` saw); `w=` like `put`. Returns the new context."""
         doc: dict[str, Any] = {"key": key}
         if context is not None:
             doc["context"] = context
-        status, body = await self._call("POST", "/api/v1/delete", json=doc)
+        status, body = await self._call("POST", "/api/v1/delete", json=doc, params=params or None)
         if status != 200:
             self._raise(status, body)
         return str(body["context"])

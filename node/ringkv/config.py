@@ -2,6 +2,7 @@
 
 Every flag `--some-name` can also be set as `RINGKV_SOME_NAME`; a flag given on the command line wins over
 the environment, which wins over the default. Nothing secret lives here, so the whole config may be logged.
+A node given no seeds is a single-node store: its replication factor and quorums default to 1.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ringkv.cluster.ids import ACTOR_SEPARATOR
 from ringkv.storage.wal import Durability
 
 ENV_PREFIX = "RINGKV_"
+STANDALONE_DEFAULTS = ("replication_factor", "read_quorum", "write_quorum")  # 1 when no seeds are given
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,13 @@ class NodeConfig:
     datacenter: str = "dc1"
     rack: str = "rack1"
     request_timeout_s: float = 2.0
+    ring_wait_s: float = 30.0
     gossip_interval_s: float = 1.0
     phi_threshold: float = 8.0
     hints_enabled: bool = True
     hint_window_s: float = 3 * 3600.0
     hints_max_mb: float = 512.0
+    hint_delivery_mb_s: float = 16.0
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
@@ -81,6 +86,8 @@ class NodeConfig:
         for name in ("read_quorum", "write_quorum"):
             if not 1 <= getattr(self, name) <= self.replication_factor:
                 raise ValueError(f"{name} must be between 1 and replication_factor")
+        if ACTOR_SEPARATOR in self.node_id:
+            raise ValueError(f"node_id may not contain {ACTOR_SEPARATOR!r}")
         if self.capacity <= 0 or self.num_tokens < 1:
             raise ValueError("capacity and num_tokens must be positive")
         self.seed_addresses()
@@ -114,8 +121,11 @@ _HELP = {
     "gossip_interval_s": "seconds between gossip rounds",
     "phi_threshold": "phi accrual failure detector conviction threshold",
     "hints_enabled": "keep hints for replicas that are down (hinted handoff)",
-    "hint_window_s": "hints older than this are dropped; anti-entropy repairs instead",
+    "hint_window_s": "a replica down longer than this gets no more hints and its pending ones are dropped "
+                     "(anti-entropy repairs instead)",
     "hints_max_mb": "size bound of the hint store",
+    "hint_delivery_mb_s": "hinted handoff delivery rate limit in MB/s per node (0: unlimited)",
+    "ring_wait_s": "a restarted node waits this long to hear a peer before serving on its remembered ring",
 }
 _CHOICES = {"durability": [d.value for d in Durability], "log_format": ["text", "json"],
             "log_level": ["debug", "info", "warning", "error"]}
@@ -160,6 +170,11 @@ def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None =
                 raise ValueError(f"{ENV_PREFIX + f.name.upper()} must be one of {_CHOICES[f.name]}")
         if given is not None:
             values[f.name] = given
+    if not values.get("seeds"):
+        # Alone by configuration: a single-node store, whose quorums are 1 unless set. (A node never lowers
+        # a quorum it was given: with N=3 and nobody else, writes would all answer 503.)
+        for name in STANDALONE_DEFAULTS:
+            values.setdefault(name, 1)
     config = NodeConfig(**values)
     config.validate()
     return config

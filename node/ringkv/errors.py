@@ -114,3 +114,16 @@ class HintsFullError(RingkvError):
     """The hint store is at its size limit; the hint was not stored."""
 
     code = "hints_full"
+
+
+class NotReadyError(RingkvError):
+    """The node has not heard the ring from a peer yet (or is stopping): it coordinates nothing."""
+
+    code = "not_ready"
+
+
+class NotReplicaError(RingkvError):
+    """A forwarded write reached a node that is not a replica of the key in its own view of the ring; nothing
+    was applied, so the sender may route it elsewhere."""
+
+    code = "not_replica"

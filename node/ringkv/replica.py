@@ -5,20 +5,43 @@ encoding of `ringkv.cluster.versions`. Writes coordinated here are read-modify-w
 record, serialised per key by an asyncio lock so two concurrent writes never derive from the same state
 (which would reuse a dot). Merging records that arrive from elsewhere (replication, repair, hints) goes
 through the same lock and `versions.merge`.
+
+Rules this module keeps, so that a dot is never issued twice (see `docs/consistency.md`):
+
+- **Nothing is observed before it is durable.** The engine makes a write visible before its fsync; a write
+  holds its key's lock until the fsync, and `read` waits for a held lock, so no read (and so no read repair
+  on another node) can see a version this node could still lose in a crash.
+- **A context may not claim more of this node than it issued.** A client context naming this node's actor
+  at a counter beyond what the local record has seen is refused (`InvalidContextError`): it is forged, and
+  accepting it would exhaust or skip the counter.
+- **A corrupt record is quarantined, not fatal.** Its bytes are kept aside (`DATA_DIR/quarantine/`, counted,
+  logged), the key reads as empty locally (the other replicas and read repair supply the data), and the
+  node renews its actor (a new incarnation) before its next write, because the lost record was the only
+  proof of the counters this node had issued for that key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from ringkv.cluster import versions
+import msgpack
+
+from ringkv.cluster import ids, versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.versions import Record, VersionVector
-from ringkv.errors import CorruptionError, InvalidRecordError
+from ringkv.errors import CorruptionError, InvalidContextError, InvalidRecordError, StorageError
 from ringkv.storage.aio import AsyncEngine
+from ringkv.storage.fsutil import write_atomically
+
+log = logging.getLogger("ringkv.replica")
+
+QUARANTINE_DIR = "quarantine"
 
 
 def _wall_clock_ms() -> int:
@@ -47,20 +70,83 @@ class KeyLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def busy(self, key: bytes) -> bool:
+        """Whether someone holds or waits for `key`'s lock."""
+        return key in self._locks
+
     def __len__(self) -> int:
         return len(self._locks)
 
 
+class Quarantine:
+    """Corrupt records kept aside for inspection: one file per record under `directory`::
+
+        file := msgpack map {"key": bin, "raw": bin, "reason": str, "at_ms": int}
+
+    named `<at_ms>-<crc32 of key, hex>.bin`, written atomically and fsynced.
+    """
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+        self.count = 0
+
+    async def keep(self, key: bytes, raw: bytes, reason: str) -> None:
+        self.count += 1
+        log.error("quarantined the corrupt record of key %r (%d bytes): %s", key[:80], len(raw), reason)
+        if self.directory is None:
+            return
+        at_ms = _wall_clock_ms()
+        path = os.path.join(self.directory, f"{at_ms}-{zlib.crc32(key):08x}.bin")
+        doc = msgpack.packb({"key": key, "raw": raw, "reason": reason, "at_ms": at_ms}, use_bin_type=True)
+
+        def save() -> None:
+            os.makedirs(self.directory or ".", exist_ok=True)
+            write_atomically(path, doc)
+
+        try:
+            await asyncio.to_thread(save)
+        except OSError as e:  # keeping a copy is best effort; the node goes on
+            log.error("could not keep the quarantined record in %s: %s", path, e)
+
+
+async def _new_random_actor(actor: NodeId) -> NodeId:
+    return ids.actor(ids.node_of(actor), os.urandom(4).hex())
+
+
 class Replica:
-    def __init__(self, engine: AsyncEngine, node_id: NodeId,
-                 clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+    """The local records of one node. `actor` names the dots this node issues; `renew_actor` persists and
+    returns a new one (a new incarnation) and is called when a corrupt record destroyed the proof of counters
+    already issued."""
+
+    def __init__(self, engine: AsyncEngine, actor: NodeId,
+                 clock_ms: Callable[[], int] = _wall_clock_ms,
+                 renew_actor: Callable[[NodeId], Awaitable[NodeId]] = _new_random_actor,
+                 quarantine: Quarantine | None = None) -> None:
         self.engine = engine
-        self.node_id = node_id
+        self.actor = actor
         self._clock_ms = clock_ms
+        self._renew_actor = renew_actor
+        self.quarantine = quarantine or Quarantine(None)
         self._locks = KeyLocks()
+        self._renewing = asyncio.Lock()
+
+    @property
+    def node_id(self) -> NodeId:
+        return ids.node_of(self.actor)
 
     async def read(self, key: bytes) -> Record:
-        """The local record for `key` (empty if never written)."""
+        """The local record for `key` (empty if never written); only durable state is ever returned."""
+        if not self._locks.busy(key):
+            # No write of this key is in flight: what the engine holds is durable. (Its memtable lookup runs
+            # before the first await, so no write can slip in between the check and the read.)
+            try:
+                return await self._decoded(key)
+            except CorruptionError:
+                pass  # quarantined below, under the lock
+        async with self._locks.hold(key):
+            return await self._current(key)
+
+    async def _decoded(self, key: bytes) -> Record:
         raw = await self.engine.get(key)
         if raw is None:
             return versions.empty_record()
@@ -69,18 +155,51 @@ class Replica:
         except InvalidRecordError as e:
             raise CorruptionError(self.engine.engine.path, f"record of key {key!r}: {e}") from None
 
+    async def _current(self, key: bytes) -> Record:
+        """The local record, with the key's lock held: a corrupt one is quarantined and reads as empty."""
+        raw = await self.engine.get(key)
+        if raw is None:
+            return versions.empty_record()
+        try:
+            return versions.decode_record(raw)
+        except InvalidRecordError as e:
+            await self.quarantine.keep(key, raw, str(e))
+            await self._renew()
+            await self.engine.delete(key)
+            return versions.empty_record()
+
+    async def _renew(self) -> None:
+        async with self._renewing:
+            old = self.actor
+            self.actor = await self._renew_actor(old)
+            log.warning("dot actor renewed after a corrupt record: %s -> %s", old, self.actor)
+
     async def write(self, key: bytes, value: bytes | None, context: VersionVector | None) -> Record:
-        """Coordinate a put (or a delete with `value=None`) on the local record; durable on return."""
+        """Coordinate a put (or a delete with `value=None`) on the local record; durable on return.
+
+        Raises `InvalidContextError` when `context` claims a version of this node's actor that this node
+        never issued for the key."""
         async with self._locks.hold(key):
-            current = await self.read(key)
-            updated = versions.update(current, context, self.node_id, value, self._clock_ms())
-            await self.engine.put(key, versions.encode_record(updated))
+            current = await self._current(key)
+            actor = self.actor
+            if context is not None and context.get(actor) > current.context.get(actor):
+                raise InvalidContextError(
+                    f"context claims version {context.get(actor)} of {actor}, which issued only "
+                    f"{current.context.get(actor)} for this key")
+            updated = versions.update(current, context, actor, value, self._clock_ms())
+            try:
+                await self.engine.put(key, versions.encode_record(updated))
+            except StorageError:
+                # The new version may be visible (memtable) without being durable: a crash could lose it
+                # after someone saw it, so this actor may not issue counters from the durable state again.
+                await self._renew()
+                raise
             return updated
 
     async def merge_in(self, key: bytes, incoming: Record) -> Record:
         """Merge a record from another replica into the local one; durable on return. Returns the result."""
         async with self._locks.hold(key):
-            current = await self.read(key)
+            current = await self._current(key)
             merged = versions.merge(current, incoming)
             if merged != current:
                 await self.engine.put(key, versions.encode_record(merged))

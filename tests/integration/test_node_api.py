@@ -202,6 +202,21 @@ def test_two_puts_with_one_stale_context_are_siblings_until_a_put_with_their_con
     run(scenario())
 
 
+def test_a_lone_node_is_a_single_node_store_and_the_client_sends_w_on_deletes(node: NodeProcess) -> None:
+    # No seeds: N = W = R = 1 (a node never lowers a quorum it was given, so N=3 alone would answer 503).
+    # Client.delete used to drop `w`; w=2 must reach the node and be refused as more than N.
+    async def scenario() -> None:
+        async with Client(node.url) as client:
+            await client.put("lone", "v", w=1)
+            with pytest.raises(ClientError) as refused:
+                await client.delete("lone", w=2)
+            assert (refused.value.status, refused.value.code) == (400, "invalid_quorum")
+            await client.delete("lone", w=1)
+            assert not (await client.get("lone", r=1)).found
+
+    run(scenario())
+
+
 def test_delete_then_404_with_context_then_put_again(node: NodeProcess) -> None:
     async def scenario() -> None:
         async with Client(node.url) as client:

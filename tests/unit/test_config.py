@@ -12,9 +12,12 @@ import pytest
 from ringkv import config
 from ringkv.config import ENV_PREFIX, NodeConfig
 
+STANDALONE = NodeConfig(replication_factor=1, read_quorum=1, write_quorum=1)
+
 
 def test_defaults() -> None:
-    assert config.parse([], {}) == NodeConfig()
+    assert config.parse([], {}) == STANDALONE  # no seeds: a single-node store
+    assert config.parse(["--seeds", "h:1"], {}) == NodeConfig(seeds="h:1")
     cfg = NodeConfig()
     assert (cfg.data_dir, cfg.host, cfg.port, cfg.durability) == ("./data", "127.0.0.1", 8080, "sync")
     assert cfg.max_request_bytes == 64 * 1024
@@ -40,7 +43,21 @@ def test_flag_beats_environment_beats_default() -> None:
 
 
 def test_unrelated_and_lowercase_variables_are_ignored() -> None:
-    assert config.parse([], {"RINGKV_URL": "http://x", "ringkv_port": "1", "PORT": "2"}) == NodeConfig()
+    assert config.parse([], {"RINGKV_URL": "http://x", "ringkv_port": "1", "PORT": "2"}) == STANDALONE
+
+
+def test_a_node_without_seeds_defaults_to_quorums_of_one_but_keeps_what_it_is_given() -> None:
+    cfg = config.parse([], {})
+    assert (cfg.replication_factor, cfg.read_quorum, cfg.write_quorum) == (1, 1, 1)
+    cfg = config.parse(["--replication-factor", "3"], {"RINGKV_WRITE_QUORUM": "2"})
+    assert (cfg.replication_factor, cfg.read_quorum, cfg.write_quorum) == (3, 1, 2)
+    cfg = config.parse([], {"RINGKV_SEEDS": "10.0.0.1:7000"})
+    assert (cfg.replication_factor, cfg.read_quorum, cfg.write_quorum) == (3, 2, 2)
+
+
+def test_node_ids_may_not_contain_the_actor_separator() -> None:
+    with pytest.raises(ValueError, match="node_id"):
+        config.parse(["--node-id", "n1#2"], {})
 
 
 def test_os_environ_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:

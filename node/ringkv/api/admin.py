@@ -26,6 +26,8 @@ async def ring(request: web.Request) -> web.Response:
     n = coordinator.settings.replication
     ownership = ring.ownership(n) if len(ring) else {}
     body: dict[str, Any] = {
+        "digest": coordinator.ring_digest,
+        "conflicts": list(node.ring_conflicts),
         "replication_factor": n,
         "read_quorum": coordinator.settings.read_quorum,
         "write_quorum": coordinator.settings.write_quorum,
@@ -70,6 +72,7 @@ async def local_record(request: web.Request) -> web.Response:
     return json_response({
         "key": key,
         "node_id": request.app[keys.NODE].node_id,
+        "actor": request.app[keys.NODE].replica.actor,
         "versions": [
             {"node": v.dot.node, "counter": v.dot.counter, "timestamp_ms": v.timestamp_ms,
              "deleted": v.value is None, "value": None if v.value is None else orjson.Fragment(v.value)}
@@ -83,4 +86,5 @@ async def local_record(request: web.Request) -> web.Response:
 async def hints(request: web.Request) -> web.Response:
     store = request.app[keys.NODE].hints
     return json_response({"pending": dict(store.pending), "bytes": store.bytes, "stored": store.stored,
-                          "delivered": store.delivered, "dropped": store.dropped})
+                          "delivered": store.delivered, "dropped": store.dropped, "corrupt": store.corrupt,
+                          "delivered_bytes": store.delivered_bytes})

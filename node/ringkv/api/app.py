@@ -46,6 +46,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[keys.STATE].storage_open = False
         await node.stop()
         await engine.close(flush=True)
+        await node.finish()  # the stop was clean: the next start keeps this incarnation
         log.info("storage flushed and closed")
 
 

@@ -26,6 +26,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.RingkvError], int], ...] = (
     (errors.NotFoundError, 404),
     (errors.TooManySiblingsError, 409),
     (errors.ShuttingDownError, 503),
+    (errors.NotReadyError, 503),
+    (errors.NotReplicaError, 503),
     (errors.QuorumUnavailableError, 503),
     (errors.EngineClosedError, 503),
     (errors.CorruptionError, 500),

@@ -84,6 +84,29 @@ class ClusterCollector(Collector):
         yield CounterMetricFamily("ringkv_hints_dropped", "Hints dropped (expired or store full)", h.dropped)
         yield CounterMetricFamily("ringkv_hints_sent_to_fallbacks", "Writes acknowledged by a hinted fallback",
                                   c.hints_sent_to_fallbacks)
+        yield CounterMetricFamily("ringkv_hints_delivered_bytes", "Bytes of hinted records delivered",
+                                  h.delivered_bytes)
+        yield CounterMetricFamily("ringkv_hints_corrupt", "Undecodable hints dropped", h.corrupt)
+        yield CounterMetricFamily("ringkv_hints_refused_past_window",
+                                  "Hints not taken because their target was down longer than the hint window",
+                                  c.hints_refused_past_window)
+        yield CounterMetricFamily("ringkv_hints_kept_at_shutdown",
+                                  "Replication still owed at shutdown, kept as local hints", c.hints_kept_at_shutdown)
+        yield CounterMetricFamily("ringkv_coordinator_forward_retries",
+                                  "Forwarded writes sent to the next replica because the first certainly did not "
+                                  "apply them", c.forward_retries)
+        yield CounterMetricFamily("ringkv_coordinator_not_replica_refusals",
+                                  "Forwarded writes refused because this node is not a replica of the key",
+                                  c.not_replica_refusals)
+        yield CounterMetricFamily("ringkv_ring_mismatches",
+                                  "Internode requests sent under a ring digest other than ours", c.ring_mismatches)
+        yield GaugeMetricFamily("ringkv_ring_conflicts", "Members left out of the ring for a token conflict",
+                                len(node.ring_conflicts))
+        yield CounterMetricFamily("ringkv_quarantined_records", "Corrupt records quarantined",
+                                  node.replica.quarantine.count)
+        ready = GaugeMetricFamily("ringkv_node_ready", "1 once the node has heard the ring and takes traffic")
+        ready.add_metric([], 1 if node.ready else 0)
+        yield ready
 
 
 class NodeMetrics:

@@ -96,6 +96,7 @@ class Membership:
     def __init__(self, local: MemberState) -> None:
         self._members: dict[NodeId, MemberState] = {local.node_id: local}
         self.local_id = local.node_id
+        self.echo: MemberState | None = None
 
     @property
     def local(self) -> MemberState:
@@ -117,10 +118,25 @@ class Membership:
 
     def apply(self, incoming: Iterable[MemberState]) -> list[MemberState]:
         """Merge states heard from a peer; returns the ones that were news. Our own state is never replaced
-        by a peer's (a stale echo of ourselves, or an impostor with our id)."""
+        by a peer's (a stale echo of ourselves, or an impostor with our id); the freshest echo is kept in
+        `echo` (what the cluster remembers of us, e.g. our tokens after our data directory was wiped), and if
+        it is fresher than our own state (a previous life, with our clock now behind) our generation moves
+        past it, or peers would ignore us as stale."""
+        incoming = list(incoming)
+        for state in incoming:
+            if state.node_id == self.local_id and (self.echo is None or state.freshness > self.echo.freshness):
+                self.echo = state
+        if self.echo is not None and self.echo.freshness > self.local.freshness:  # only we write our state:
+            # a fresher copy of it is from a previous life
+            self._members[self.local_id] = replace(self.local, generation=self.echo.generation + 1, version=0)
         foreign = [s for s in incoming if s.node_id != self.local_id]
         self._members, news = merge_states(self._members, foreign)
         return news
 
-    def to_wire(self) -> list[dict[str, Any]]:
-        return [s.to_wire() for s in self._members.values()]
+    def restore(self, states: Iterable[MemberState]) -> None:
+        """Seed the view with states remembered from a previous run (stale by construction: any state gossip
+        brings replaces them)."""
+        self._members, _ = merge_states(self._members, [s for s in states if s.node_id != self.local_id])
+
+    def to_wire(self, include_local: bool = True) -> list[dict[str, Any]]:
+        return [s.to_wire() for n, s in self._members.items() if include_local or n != self.local_id]

@@ -33,11 +33,14 @@ The model
 Assumptions the caller must uphold
 ----------------------------------
 - **Dots are never reused.** A write for a key coordinated by node X is applied to X's *local* record for that
-  key (then replicated by merging), so X's counter for that key only grows on X. A node that loses its data
-  must come back under a new `NodeId` (e.g. name plus incarnation), or it would reissue dots its peers have
-  already seen and have its new writes discarded as superseded.
+  key (then replicated by merging), so X's counter for that key only grows on X. The actor in a dot is the
+  node id plus an *incarnation* (`ids.actor`), renewed whenever the node cannot prove it kept its counters
+  (new or wiped data directory, an unclean stop that may have lost un-fsynced writes, a corrupt record), and
+  no version is shown to anyone before it is durable (`ringkv.replica`). Were a dot reissued, two versions
+  with one dot would meet and `merge` would keep only one of them.
 - **Contexts are genuine.** A client context is only meaningful if it came from a read. A forged context can
-  claim to have seen versions that were never read and so discard them; that is the client's own key.
+  claim to have seen versions that were never read and so discard them; that is the client's own key. The
+  coordinator refuses a context claiming more of its own actor than it issued (`ringkv.replica`).
 
 Sibling bound: `update` raises `TooManySiblingsError` when its result would hold more than `SIBLING_LIMIT`
 versions (it never drops data to stay under it); `sibling_warning` flags records at `SIBLING_WARN_THRESHOLD`

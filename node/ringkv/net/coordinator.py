@@ -1,14 +1,28 @@
 """The coordinator: turns one client request into replica requests and quorum decisions.
 
 Writes: the first live node of the key's preference list coordinates (another node forwards the request to
-it, trying the next live one when that fails), as in Dynamo. The coordinator applies the write to its own
-record (creating the new version from its local state and the request's context), then sends the resulting
-record to the other replicas, which merge it. A replica that is down, or that fails, is replaced by the
-next healthy node past the preference list, which stores the record as a durable hint for it (sloppy
-quorum: hints count toward W). With no such node free, the coordinator keeps the hint itself (delivered
-just the same, but not counted toward W). With hints disabled (`--hints-enabled false`) a failed replica is
-simply missed (no hint, no stand-in). The answer comes after W durable acknowledgements; the rest go on in
-the background.
+it), as in Dynamo. The coordinator applies the write to its own record (creating the new version from its
+local state and the request's context), then sends the resulting record to the other replicas, which merge
+it. A replica that is down, or that fails, is replaced by the next healthy node past the preference list,
+which stores the record as a durable hint for it (sloppy quorum: hints count toward W). With no such node
+free, the coordinator keeps the hint itself (delivered just the same, but not counted toward W). No hint is
+taken for a target down longer than the hint window. With hints disabled (`--hints-enabled false`) a failed
+replica is simply missed. The answer comes after W durable acknowledgements; the rest go on in the
+background, and a stopping node finishes them within its drain deadline or keeps them as hints.
+
+Quorums are never lowered: W (or R) is what the client asked for, or the default; when the ring cannot offer
+that many replicas the answer is 503 `quorum_unavailable`, never a smaller quorum.
+
+Forwarding is at most once: a forwarded write goes to the next replica only when the previous one certainly
+did not act on it (no connection, or it answered `not_replica`/`not_ready`). A forward that may have been
+delivered and then timed out is answered 503 (the write may or may not have been applied), never sent to
+a second coordinator, which would apply it again as a separate sibling. Deadlines nest: the coordinator
+waits at most `write_budget_s` for W (the budget travels with the request), and the forwarder waits that plus
+one request timeout, so a slow quorum is a 503 from the coordinator, not a timeout at the forwarder.
+
+A node coordinates only once it has heard the ring (`accepting`), and only keys it is a replica of in its own
+view: a forwarded write for another key is refused with `not_replica`. Internode requests carry the sender's
+ring digest; a mismatch is counted and logged (the views have diverged, usually briefly during gossip).
 
 Reads: any node coordinates. It asks the preference list's replicas, answers after R replies with their
 merge (value or siblings), and in the background waits for the stragglers and sends the merged record to
@@ -22,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ringkv.cluster import versions
@@ -31,12 +46,24 @@ from ringkv.cluster.ids import NodeId
 from ringkv.cluster.quorum import ReadTally, WriteTally
 from ringkv.cluster.ring import Ring, token_for
 from ringkv.cluster.versions import Record, VersionVector
-from ringkv.errors import QuorumUnavailableError, RequestError, RingkvError
-from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_expired
-from ringkv.net.transport import PeerClient, Peers, RemoteError, TransportError
+from ringkv.errors import (
+    NotReadyError,
+    NotReplicaError,
+    QuorumUnavailableError,
+    RequestError,
+    RingkvError,
+    ShuttingDownError,
+)
+from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_for_downtime
+from ringkv.net.throttle import RateLimiter
+from ringkv.net.transport import NotDeliveredError, PeerClient, Peers, RemoteError, TransportError
 from ringkv.replica import Replica
 
 log = logging.getLogger("ringkv.coordinator")
+
+# A forwarded write refused with one of these was certainly not applied: try the next replica.
+NOT_APPLIED_CODES = frozenset({NotReplicaError.code, NotReadyError.code, ShuttingDownError.code})
+MISMATCH_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,16 +71,35 @@ class QuorumSettings:
     replication: int = 3
     read_quorum: int = 2
     write_quorum: int = 2
-    timeout_s: float = 2.0
+    timeout_s: float = 2.0  # one replica request
+
+    @property
+    def write_budget_s(self) -> float:
+        """How long a coordinator waits for W: a replica request, then a hinted fallback's."""
+        return 2 * self.timeout_s
 
 
 @dataclass
 class CoordinatorStats:
     forwarded: int = 0
+    forward_retries: int = 0
     read_repairs: int = 0
     hints_sent_to_fallbacks: int = 0
     hints_kept_locally: int = 0
+    hints_refused_past_window: int = 0
+    hints_kept_at_shutdown: int = 0
     quorum_failures: int = 0
+    not_replica_refusals: int = 0
+    ring_mismatches: int = 0
+
+
+@dataclass(eq=False)
+class _Owed:
+    """Replication still owed for one write: the replicas that have neither acknowledged nor got a hint."""
+
+    key: bytes
+    encoded: bytes
+    targets: set[NodeId] = field(default_factory=set)
 
 
 class Coordinator:
@@ -67,6 +113,8 @@ class Coordinator:
         is_up: Callable[[NodeId], bool],
         address_of: Callable[[NodeId], tuple[str, int] | None],
         hints_enabled: bool = True,
+        down_for: Callable[[NodeId], float] = lambda node: 0.0,
+        hint_limiter: RateLimiter | None = None,
     ) -> None:
         self.node_id = node_id
         self.replica = replica
@@ -74,16 +122,24 @@ class Coordinator:
         self.hints = hints
         self.settings = settings
         self.is_up = is_up
+        self.down_for = down_for  # seconds a peer has been judged down without a break
         self.address_of = address_of
         self.hints_enabled = hints_enabled  # False: a failed replica gets no hint (and no stand-in counts)
+        self.hint_limiter = hint_limiter
         self.ring = Ring()
+        self.ring_digest = ""  # of `ring`, sent on internode requests; "" = unknown
+        self.accepting = True  # False until the node has heard the ring, and again while it stops
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[Any]] = set()
+        self._owed: set[_Owed] = set()
         self._delivering = asyncio.Lock()  # one delivery pass at a time, or a hint is sent and removed twice
+        self._last_mismatch_log = 0.0
 
     # -- placement ------------------------------------------------------------------------------------
 
     def preference(self, key: bytes) -> tuple[NodeId, ...]:
+        if not len(self.ring):  # no ring yet: nobody to ask (503), not an internal error
+            return ()
         return self.ring.preference_list(token_for(key), self.settings.replication)
 
     def fallbacks(self, key: bytes, preference: tuple[NodeId, ...]) -> list[NodeId]:
@@ -92,20 +148,33 @@ class Coordinator:
         return [n for n in extended if n not in preference and self.is_up(n)]
 
     def quorum(self, requested: int | None, default: int, name: str) -> int:
-        n = min(self.settings.replication, max(1, len(self.ring)))
+        """The quorum to reach: what was asked (or the default), never less."""
         value = default if requested is None else requested
         if not 1 <= value <= self.settings.replication:
             raise RequestError("invalid_quorum", f"{name} must be between 1 and {self.settings.replication}")
-        return min(value, n)
+        return value
 
     def _client(self, node: NodeId) -> PeerClient:
         address = self.address_of(node)
         if address is None:
-            raise TransportError(f"no address known for node {node}")
+            raise NotDeliveredError(f"no address known for node {node}")
         return self.peers.get(node, *address)
 
-    async def call(self, node: NodeId, method: str, body: Any) -> Any:
-        return await self._client(node).call(method, body, self.settings.timeout_s)
+    async def call(self, node: NodeId, method: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
+        body["ring"] = self.ring_digest
+        return await self._client(node).call(method, body, timeout_s or self.settings.timeout_s)
+
+    def check_ring(self, body: Any, peer: str) -> None:
+        """Count (and now and then log) a request sent under another view of the ring."""
+        theirs = body.get("ring") if isinstance(body, dict) else None
+        if not theirs or not self.ring_digest or theirs == self.ring_digest:
+            return
+        self.stats.ring_mismatches += 1
+        now = time.monotonic()
+        if now - self._last_mismatch_log >= MISMATCH_LOG_INTERVAL_S:
+            self._last_mismatch_log = now
+            log.warning("%s sent a request under ring %s; ours is %s (%d mismatches so far)", peer, theirs,
+                        self.ring_digest, self.stats.ring_mismatches)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -119,38 +188,65 @@ class Coordinator:
         """A client write (value None = delete). Returns the coordinator's resulting record."""
         w_required = self.quorum(w, self.settings.write_quorum, "w")
         preference = self.preference(key)
-        if not preference:
+        if len(preference) < w_required:
+            self.stats.quorum_failures += 1
             raise QuorumUnavailableError(w_required, 0)
+        budget_s = self.settings.write_budget_s
         for node in preference:
             if node == self.node_id:
-                return await self.coordinate_write(key, value, context, w_required, preference)
+                return await self.coordinate_write(key, value, context, w_required, preference, budget_s)
             if not self.is_up(node):
                 continue
+            self.stats.forwarded += 1
             try:
-                self.stats.forwarded += 1
                 reply = await self.call(node, "coordinate", {
-                    "key": key, "value": value, "w": w_required,
+                    "key": key, "value": value, "w": w_required, "budget_ms": int(budget_s * 1000),
                     "context": None if context is None else versions.encode_context(context),
-                })
+                }, timeout_s=budget_s + self.settings.timeout_s)
                 return versions.decode_record(reply)
+            except NotDeliveredError as e:
+                log.info("could not forward a write to %s (%s); trying the next replica", node, e)
             except RemoteError as e:
-                if e.code == QuorumUnavailableError.code:
+                if e.code in NOT_APPLIED_CODES:
+                    log.info("%s did not take a forwarded write (%s); trying the next replica", node, e.code)
+                elif e.code == QuorumUnavailableError.code:
+                    self.stats.quorum_failures += 1
                     raise QuorumUnavailableError(w_required, int(str(e.details().get("acknowledged", 0)))) from None
-                raise
+                else:
+                    raise
             except TransportError as e:
-                log.info("forwarding a write to %s failed (%s); trying the next replica", node, e)
+                # It may have been applied: sending it to another coordinator would apply it twice.
+                log.info("a write forwarded to %s may or may not have been applied: %s", node, e)
+                self.stats.quorum_failures += 1
+                raise QuorumUnavailableError(w_required, 0) from None
+            self.stats.forward_retries += 1
+        self.stats.quorum_failures += 1
         raise QuorumUnavailableError(w_required, 0)
 
     async def handle_coordinate(self, body: Any, peer: str) -> Any:
         """Internode: another node forwarded a client write to us."""
+        if not self.accepting:
+            raise NotReadyError(f"{self.node_id} is not taking writes yet")
+        self.check_ring(body, peer)
         key, value, w = bytes(body["key"]), body["value"], int(body["w"])
+        preference = self.preference(key)
+        if self.node_id not in preference:
+            self.stats.not_replica_refusals += 1
+            raise NotReplicaError(f"{self.node_id} is not a replica of the key (preference {list(preference)})")
         context = None if body["context"] is None else versions.decode_context(body["context"])
+        budget_s = min(self.settings.write_budget_s, max(0.0, float(body.get("budget_ms", 0)) / 1000))
         record = await self.coordinate_write(key, None if value is None else bytes(value), context, w,
-                                             self.preference(key))
+                                             preference, budget_s)
         return versions.encode_record(record)
 
     async def coordinate_write(self, key: bytes, value: bytes | None, context: VersionVector | None,
-                               w_required: int, preference: tuple[NodeId, ...]) -> Record:
+                               w_required: int, preference: tuple[NodeId, ...], budget_s: float) -> Record:
+        """Apply the write locally (the first acknowledgement; `self` is in `preference`) and replicate it;
+        returns once W replicas acknowledged, or raises 503 when `budget_s` runs out first."""
+        deadline = asyncio.get_running_loop().time() + budget_s
+        if len(preference) < w_required:
+            self.stats.quorum_failures += 1
+            raise QuorumUnavailableError(w_required, 0)
         record = await self.replica.write(key, value, context)  # local, durable: the first ack
         encoded = versions.encode_record(record)
         tally = WriteTally(required=w_required, asked=len(preference))
@@ -167,7 +263,7 @@ class Coordinator:
 
         self._spawn(self._replicate_rest(key, encoded, preference, settle))
         try:
-            async with asyncio.timeout(self.settings.timeout_s * 2):
+            async with asyncio.timeout_at(deadline):
                 await done.wait()
         except TimeoutError:
             pass
@@ -180,6 +276,8 @@ class Coordinator:
                               settle: Callable[[NodeId, bool], None] | None) -> None:
         """Send the record to every other replica; a failed one is replaced by a hinted fallback."""
         fallbacks: list[NodeId] | None = None  # walked only when a replica fails (rarely)
+        owed = _Owed(key, encoded, {n for n in preference if n != self.node_id})
+        self._owed.add(owed)
 
         async def one(node: NodeId) -> None:
             ok = False
@@ -187,6 +285,7 @@ class Coordinator:
                 try:
                     await self.call(node, "replicate", {"key": key, "record": encoded})
                     ok = True
+                    owed.targets.discard(node)
                 except (TransportError, RemoteError) as e:
                     log.info("replicating to %s failed: %s", node, e)
             if not ok and self.hints_enabled:
@@ -194,13 +293,20 @@ class Coordinator:
                 if fallbacks is None:
                     fallbacks = self.fallbacks(key, preference)  # shared: two failed replicas get two stand-ins
                 ok = await self._hint(node, key, encoded, fallbacks)
+                owed.targets.discard(node)
+            elif not ok:
+                owed.targets.discard(node)  # hints disabled: nothing is owed by design
             if settle is not None:
                 settle(node, ok)
 
         await asyncio.gather(*(one(n) for n in preference if n != self.node_id))
+        self._owed.discard(owed)  # not on cancellation: `stop` keeps what is still owed as hints
 
     async def _hint(self, target: NodeId, key: bytes, encoded: bytes, fallbacks: list[NodeId]) -> bool:
         """Hand the record to a fallback node as a hint for `target`. True if that counts toward W."""
+        if not self.hints.accepts(self.down_for(target)):
+            self.stats.hints_refused_past_window += 1  # down past the window: anti-entropy repairs it
+            return False
         while fallbacks:
             stand_in = fallbacks.pop(0)
             try:
@@ -217,6 +323,7 @@ class Coordinator:
         return False
 
     async def handle_replicate(self, body: Any, peer: str) -> Any:
+        self.check_ring(body, peer)
         await self.replica.merge_in(bytes(body["key"]), versions.decode_record(bytes(body["record"])))
         return True
 
@@ -231,6 +338,9 @@ class Coordinator:
         preference = self.preference(key)
         tally = ReadTally(required=r_required, asked=len(preference))
         done = asyncio.Event()
+        if tally.impossible:
+            self.stats.quorum_failures += 1
+            raise QuorumUnavailableError(r_required, 0, "read")
 
         async def ask(node: NodeId) -> None:
             try:
@@ -281,36 +391,58 @@ class Coordinator:
                 log.info("read repair of %s on %s failed: %s", key, node, e)
 
     async def handle_read(self, body: Any, peer: str) -> Any:
+        self.check_ring(body, peer)
         return versions.encode_record(await self.replica.read(bytes(body["key"])))
 
     # -- hinted handoff -------------------------------------------------------------------------------
 
     async def deliver_hints(self) -> int:
-        """One pass: deliver pending hints to every target that is up, drop expired ones of targets that are
-        down. Returns how many were delivered."""
+        """Deliver every pending hint to its target when the target is up (continuously, until none are
+        left, within the byte-rate limit); drop the hints of targets down longer than the hint window.
+        Returns how many were delivered."""
         async with self._delivering:
-            return await self._deliver_hints()
+            counts = await asyncio.gather(*(self._deliver_to(t) for t in list(self.hints.pending)))
+            return sum(counts)
 
-    async def _deliver_hints(self) -> int:
-        delivered = 0
-        for target in list(self.hints.pending):
-            if target == self.node_id:
-                continue
-            if not self.is_up(target):
-                await drop_expired(self.hints, target)
-                continue
+    async def _deliver_to(self, target: NodeId) -> int:
+        if target == self.node_id:  # a hint for ourselves (the ring moved while it waited): merge it here
+            async def merge_here(hint: Hint) -> None:
+                await self.replica.merge_in(hint.key, versions.decode_record(hint.record))
 
-            async def send(hint: Hint, target: NodeId = target) -> None:
-                await self.call(target, "replicate", {"key": hint.key, "record": hint.record})
+            return await deliver_pending(self.hints, target, merge_here, self.hint_limiter)
+        if not self.is_up(target):
+            await drop_for_downtime(self.hints, target, self.down_for(target))
+            return 0
 
-            try:
-                delivered += await deliver_pending(self.hints, target, send)
-            except (TransportError, RemoteError) as e:
-                log.info("hint delivery to %s paused: %s", target, e)
-        return delivered
+        async def send(hint: Hint) -> None:
+            await self.call(target, "replicate", {"key": hint.key, "record": hint.record})
 
-    async def stop(self) -> None:
+        try:
+            return await deliver_pending(self.hints, target, send, self.hint_limiter)
+        except (TransportError, RemoteError) as e:
+            log.info("hint delivery to %s paused: %s", target, e)
+            return 0
+
+    # -- stop -----------------------------------------------------------------------------------------
+
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Take no more writes; let owed replication finish within `drain_s` (default: the write budget),
+        then keep whatever is still owed as durable local hints, delivered after the restart."""
+        self.accepting = False
+        drain_s = self.settings.write_budget_s if drain_s is None else drain_s
+        pending = list(self._background)
+        if pending:
+            await asyncio.wait(pending, timeout=drain_s)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-
+        if not self.hints_enabled:
+            return
+        for owed in list(self._owed):
+            for target in sorted(owed.targets):
+                try:
+                    await self.hints.store(target, owed.key, owed.encoded)
+                    self.stats.hints_kept_at_shutdown += 1
+                except RingkvError as e:
+                    log.error("stopping: could not keep a hint for %s: %s", target, e)
+        self._owed.clear()

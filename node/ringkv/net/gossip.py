@@ -7,6 +7,11 @@ of a peer's state, however it arrived, counts as a heartbeat of that peer for th
 detector (a new generation, i.e. a restart, starts a fresh history); a peer is down while its phi is over
 the threshold (8). The detector's model (`PhiConfig`: first interval estimate, acceptable pause...) may be
 passed in; its defaults suit the 1 s interval.
+
+A node never gossips with itself: seeds naming its own address are dropped by the caller, and the
+transport refuses a connection from a node with its own id. `heard` is set once a peer's state map has
+been absorbed (the start-up waits for it before taking traffic); `down_for` says how long a peer has been
+judged down without a break (hinted handoff drops hints only for targets down longer than its window).
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ class Gossiper:
         self._on_transition = on_transition
         self._rng = rng or random.Random()
         self._up: dict[NodeId, bool] = {}
+        self._down_since: dict[NodeId, float] = {}
+        self.heard = asyncio.Event()  # a peer's state map has been absorbed
+        # False: listen without telling peers about ourselves (a first start deciding its tokens: our new,
+        # token-less state must not overwrite what peers remember of our previous life before we read it)
+        self.announce = True  # (and while False, every round asks every seed)
+        self.answered: set[tuple[str, int]] = set()  # addresses that have answered an exchange
         self._exchanges: set[asyncio.Task[None]] = set()
         self.rounds = 0
 
@@ -58,6 +69,13 @@ class Gossiper:
         if node == self.membership.local_id:
             return True
         return self._up.get(node, False)
+
+    def down_for(self, node: NodeId, now: float | None = None) -> float:
+        """Seconds `node` has been judged down without a break (0 while up or not yet judged)."""
+        since = self._down_since.get(node)
+        if since is None or self.is_up(node):
+            return 0.0
+        return (time.monotonic() if now is None else now) - since
 
     def phi(self, node: NodeId) -> float:
         if not self.detector.is_monitoring(node):
@@ -72,6 +90,10 @@ class Gossiper:
             up = self.detector.is_available(node, now, self.phi_threshold)
             if self._up.get(node) != up:
                 self._up[node] = up
+                if up:
+                    self._down_since.pop(node, None)
+                else:
+                    self._down_since[node] = now
                 log.warning("node %s is now %s (phi %.1f)", node, "UP" if up else "DOWN",
                             self.detector.phi(node, now))
                 self._on_transition(node, up)
@@ -98,16 +120,20 @@ class Gossiper:
             self._judge()
         if changed:
             self._on_members_changed()
+        if parsed:
+            self.heard.set()
 
     async def handle(self, body: Any, peer: str) -> Any:
         """Transport handler for `gossip`: absorb their states, answer with ours (push-pull)."""
         self.absorb(body)
-        return self.membership.to_wire()
+        return self.membership.to_wire(self.announce)
 
     async def _exchange(self, client: PeerClient) -> None:
         try:
-            reply = await client.call("gossip", self.membership.to_wire(), timeout_s=max(1.0, self.interval_s))
+            reply = await client.call("gossip", self.membership.to_wire(self.announce),
+                                      timeout_s=max(1.0, self.interval_s))
             self.absorb(reply)
+            self.answered.add((client.host, client.port))
         except (TransportError, RemoteError, ValueError) as e:
             log.debug("gossip with %s:%s failed: %s", client.host, client.port, e)
 
@@ -120,7 +146,9 @@ class Gossiper:
         if down and self._rng.random() < 0.5:
             chosen.append(self._rng.choice(down))
         clients = [self.peers.get(s.node_id, s.host, s.peer_port) for s in chosen]
-        if self.seeds and (not live or self._rng.random() < 0.25):
+        if self.seeds and not self.announce:
+            clients.extend(self.peers.get(f"seed:{host}:{port}", host, port) for host, port in self.seeds)
+        elif self.seeds and (not live or self._rng.random() < 0.25):
             host, port = self._rng.choice(self.seeds)
             clients.append(self.peers.get(f"seed:{host}:{port}", host, port))
         return clients

@@ -1,17 +1,28 @@
 """One cluster member: storage, replica, transport, gossip, coordinator and hint delivery, started and
 stopped together.
 
-Start-up: open storage and hints, bind the internode port, learn our tokens (flag, else `DATA_DIR/node.json`,
-else allocate them against the ring seen through the seeds and keep them there), announce ourselves as
-`normal` by gossip. Shutdown: stop gossip and hint delivery, wait for background replication, close the
-transport, then storage (flush + fsync).
+Start-up:
+1. Open the hint store; read `DATA_DIR/node.json` (`identity`): decide the incarnation (the actor of the
+   dots this node issues) and the gossip generation, and persist both, marked `running`, before anything.
+2. Bind the internode port; restore the last ring this node saw (`peers` in node.json) so it never places
+   keys on a ring of only itself; learn its tokens (flag, else node.json, else allocate them against the
+   ring seen through the seeds — re-taking the tokens the cluster remembers for this node id if its data
+   directory was wiped).
+3. Gossip, and wait until a peer's state map has arrived (unless the node is alone by configuration: no
+   seeds but itself). Until then it coordinates nothing (`not_ready`) and does not serve HTTP (so `/ready`
+   fails). A restarted node that has a remembered ring stops waiting after `ring_wait_s` (a whole-cluster
+   restart under OrderedReady would otherwise wait for peers that only start after it): quorums are never
+   lowered, so on that ring it answers 503 rather than acknowledge alone. A first start keeps waiting.
+4. Announce `normal`, deliver hints, take traffic.
+
+Shutdown: stop coordinating; stop gossip and hint delivery; let owed replication finish or keep it as hints;
+close the transport, then the hint store. `finish` (after the data engine is closed) clears `running`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -19,32 +30,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ringkv.cluster import ids
 from ringkv.cluster import ring as ringmod
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
+from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
+from ringkv.net import identity
 from ringkv.net.coordinator import Coordinator, QuorumSettings
 from ringkv.net.gossip import Gossiper
 from ringkv.net.hints import HintStore
+from ringkv.net.identity import Identity
+from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import Peers, TransportServer
-from ringkv.replica import Replica
+from ringkv.replica import QUARANTINE_DIR, Quarantine, Replica
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
-from ringkv.storage.fsutil import write_atomically
 from ringkv.storage.wal import Durability
 
 log = logging.getLogger("ringkv.node")
 
-NODE_FILE = "node.json"
-
-
-def _load_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+NODE_FILE = identity.FILE_NAME
+WAIT_LOG_INTERVAL_S = 10.0
 
 
 class ClusterNode:
@@ -54,7 +61,8 @@ class ClusterNode:
         self.config = config
         self.node_id = NodeId(config.effective_node_id())
         self.engine = engine
-        self.replica = Replica(engine, self.node_id)
+        self.replica = Replica(engine, self.node_id, renew_actor=self._renew_actor,
+                               quarantine=Quarantine(os.path.join(config.data_dir, QUARANTINE_DIR)))
         self.peers = Peers(config.cluster_name, self.node_id)
         self._on_transition = on_transition
         self._on_refused = on_refused
@@ -63,8 +71,65 @@ class ClusterNode:
         self.gossiper: Gossiper
         self.coordinator: Coordinator
         self.server: TransportServer
+        self.identity: Identity
+        self._identity_path = identity.path_in(config.data_dir)
+        self._identity_lock = asyncio.Lock()
+        self._identity_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
+        self.ring_conflicts: tuple[str, ...] = ()
+        self.ring_rebuild_failures = 0
+
+    # -- identity -------------------------------------------------------------------------------------
+
+    async def _open_identity(self) -> None:
+        saved = await asyncio.to_thread(identity.load, self._identity_path)
+        decision = identity.decide(saved, self.node_id, Durability(self.config.durability) is Durability.SYNC,
+                                   time.time_ns() // 1_000_000, identity.new_incarnation())
+        self.identity = decision.identity
+        await self._persist_identity()
+        self.replica.actor = ids.actor(self.node_id, self.identity.incarnation)
+        if decision.new_incarnation:
+            log.warning("node %s takes a new incarnation %s (%s): its new dots are %s", self.node_id,
+                        self.identity.incarnation, decision.reason, self.replica.actor)
+        else:
+            log.info("node %s keeps incarnation %s (%s)", self.node_id, self.identity.incarnation, decision.reason)
+
+    async def _persist_identity(self, **changes: Any) -> None:
+        async with self._identity_lock:
+            self.identity = self.identity.with_(**changes)
+            write = asyncio.ensure_future(asyncio.to_thread(identity.save, self._identity_path, self.identity))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write  # never leave a half-written node.json.tmp behind for the next writer
+                raise
+
+    async def _renew_actor(self, old: NodeId) -> NodeId:
+        """A new incarnation, persisted before its first dot (the replica's corrupt-record path)."""
+        await self._persist_identity(incarnation=identity.new_incarnation())
+        return ids.actor(self.node_id, self.identity.incarnation)
+
+    def _remember_ring(self) -> None:
+        self._identity_dirty.set()
+
+    async def _save_ring_forever(self) -> None:
+        """Keep node.json's remembered ring and generation current (coalesced: one write per burst)."""
+        while True:
+            await self._identity_dirty.wait()
+            self._identity_dirty.clear()
+            peers = tuple(s.to_wire() for n, s in self.membership.members.items()
+                          if n != self.node_id and s.tokens and s.status in (Status.NORMAL, Status.LEAVING))
+            try:
+                await self._persist_identity(peers=peers, generation=self.membership.local.generation)
+            except OSError as e:
+                log.error("could not save %s: %s", self._identity_path, e)
+            await asyncio.sleep(1.0)  # a burst of gossip changes costs one write a second at most
+
+    async def finish(self) -> None:
+        """After the data engine is closed: record the clean stop."""
+        if hasattr(self, "identity"):
+            await self._persist_identity(running=False)
 
     # -- start ----------------------------------------------------------------------------------------
 
@@ -76,21 +141,27 @@ class ClusterNode:
         )
         self.hints = HintStore(hint_engine, int(cfg.hints_max_mb * 1024 * 1024), cfg.hint_window_s)
         await self.hints.load()
+        await self._open_identity()
         local = MemberState(
-            node_id=self.node_id, generation=time.time_ns() // 1_000_000, version=0, status=Status.JOINING,
+            node_id=self.node_id, generation=self.identity.generation, version=0, status=Status.JOINING,
             host=cfg.effective_advertise_host(), http_port=cfg.port, peer_port=cfg.peer_port, tokens=(),
             datacenter=cfg.datacenter, rack=cfg.rack, capacity=cfg.capacity,
         )
         self.membership = Membership(local)
+        remembered = self._remembered_peers()
+        self.membership.restore(remembered)
         self.gossiper = Gossiper(
-            self.membership, self.peers, cfg.seed_addresses(), cfg.gossip_interval_s, cfg.phi_threshold,
+            self.membership, self.peers, self._seeds(cfg.peer_port), cfg.gossip_interval_s, cfg.phi_threshold,
             on_members_changed=self._rebuild_ring, on_transition=self._transition,
         )
+        limiter = RateLimiter(cfg.hint_delivery_mb_s * 1024 * 1024 if cfg.hint_delivery_mb_s > 0 else None)
         self.coordinator = Coordinator(
             self.node_id, self.replica, self.peers, self.hints,
             QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s),
             self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
+            down_for=self.gossiper.down_for, hint_limiter=limiter,
         )
+        self.coordinator.accepting = False
         self.server = TransportServer(cfg.cluster_name, self.node_id, {
             "gossip": self.gossiper.handle,
             "coordinate": self.coordinator.handle_coordinate,
@@ -101,18 +172,54 @@ class ClusterNode:
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
         self.membership.update_local(peer_port=peer_port)
+        self.gossiper.seeds = self._seeds(peer_port)
         tokens = await self._tokens()
-        if tokens is not None:  # a restart: back in the ring at once, never announced without tokens
+        if tokens is not None:  # a restart: back in the ring, never announced without tokens
             self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
+        self._rebuild_ring()
+        self.gossiper.announce = tokens is not None
         self._tasks.append(asyncio.create_task(self._gossip_forever()))
+        self._tasks.append(asyncio.create_task(self._save_ring_forever()))
         if tokens is None:  # a first start: join through the seeds
             tokens = await self._allocate_tokens()
             self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
-        self._rebuild_ring()
+            self.gossiper.announce = True
+            self._rebuild_ring()
+        else:
+            await self._await_ring(bool(remembered))
+        self._remember_ring()
         self._tasks.append(asyncio.create_task(self._deliver_hints_forever()))
+        self.coordinator.accepting = True
         self.ready = True
-        log.info("node %s joined cluster %r with %d tokens (peer port %d)", self.node_id, cfg.cluster_name,
-                 len(tokens), peer_port)
+        log.info("node %s joined cluster %r with %d tokens (peer port %d, ring of %d nodes, actor %s)",
+                 self.node_id, cfg.cluster_name, len(tokens), peer_port, len(self.coordinator.ring),
+                 self.replica.actor)
+
+    def _remembered_peers(self) -> list[MemberState]:
+        out = []
+        for doc in self.identity.peers:
+            try:
+                out.append(MemberState.from_wire(doc))
+            except ValueError as e:
+                log.warning("ignoring a remembered peer in %s: %s", self._identity_path, e)
+        return out
+
+    def _own_addresses(self, peer_port: int) -> set[tuple[str, int]]:
+        host = self.config.effective_advertise_host()
+        return {(host, peer_port), (self.config.host, peer_port), ("127.0.0.1", peer_port),
+                ("localhost", peer_port)}
+
+    def _seeds(self, peer_port: int) -> list[tuple[str, int]]:
+        """The configured seeds but ourselves, then the peers of the remembered ring (a node never gossips
+        with itself)."""
+        me = self._own_addresses(peer_port)
+        seeds = [s for s in self.config.seed_addresses() if s not in me]
+        remembered = [(s.host, s.peer_port) for s in self._remembered_peers()]
+        return seeds + [a for a in remembered if a not in me and a not in seeds]
+
+    def alone(self) -> bool:
+        """Alone by configuration: no seeds but ourselves (and no remembered peers)."""
+        return not self.gossiper.seeds
 
     def set_http_port(self, port: int) -> None:
         self.membership.update_local(http_port=port)
@@ -130,32 +237,40 @@ class ClusterNode:
             asyncio.get_running_loop().create_task(self.coordinator.deliver_hints())
 
     def _rebuild_ring(self) -> None:
-        assignments = {
-            ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
-            for s in self.membership.members.values()
-            if s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
-        }
         try:
-            self.coordinator.ring = ringmod.Ring(assignments)
-        except ValueError as e:  # e.g. two nodes claiming one token: keep the last good ring
-            log.error("cannot build the ring from gossip: %s", e)
+            view = ring_from_members(self.membership.members.values())
+        except ValueError as e:  # a malformed state that passed gossip's checks: keep the last ring, loudly
+            self.ring_rebuild_failures += 1
+            log.error("cannot build the ring from gossip (%d failures): %s", self.ring_rebuild_failures, e)
+            return
+        if view.conflicts and view.conflicts != self.ring_conflicts:
+            for line in view.conflicts:
+                log.error("ring conflict: %s", line)
+        self.ring_conflicts = view.conflicts
+        if view.digest != self.coordinator.ring_digest:
+            self.coordinator.ring = view.ring
+            self.coordinator.ring_digest = view.digest
+            if hasattr(self, "identity"):
+                self._remember_ring()
 
     async def _tokens(self) -> list[int] | None:
         """Our tokens when they are already decided: the flag, else those kept in `node.json`. Persisted."""
-        path = os.path.join(self.config.data_dir, NODE_FILE)
-        saved = await asyncio.to_thread(_load_json, path)
-        tokens = self.config.token_list() or [int(t) for t in saved.get("tokens") or []]
-        if tokens and (saved.get("tokens") != tokens or saved.get("node_id") != self.node_id):
-            await self._save_tokens(tokens)
+        tokens = self.config.token_list() or list(self.identity.tokens)
+        if tokens and tuple(tokens) != self.identity.tokens:
+            await self._persist_identity(tokens=tuple(tokens))
         return tokens or None
 
-    async def _save_tokens(self, tokens: list[int]) -> None:
-        doc = json.dumps({"node_id": self.node_id, "tokens": tokens}).encode()
-        await asyncio.to_thread(write_atomically, os.path.join(self.config.data_dir, NODE_FILE), doc)
-
     async def _allocate_tokens(self) -> list[int]:
-        """A first start: balance our tokens against the ring seen through the seeds; persisted before use."""
+        """A first start: balance our tokens against the ring seen through the seeds; persisted before use.
+        If the cluster remembers tokens for our node id (our data directory was wiped), take those back."""
         await self._await_seeds()
+        echo = self.membership.echo
+        if echo is not None and echo.tokens:
+            again = sorted(echo.tokens)
+            log.warning("the cluster remembers node %s with %d tokens: taking them back (data directory new)",
+                        self.node_id, len(again))
+            await self._persist_identity(tokens=tuple(again))
+            return again
         known = {
             ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
             for s in self.membership.members.values() if s.tokens and s.node_id != self.node_id
@@ -169,23 +284,64 @@ class ClusterNode:
             offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
             tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
         log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
-        await self._save_tokens(tokens)
+        await self._persist_identity(tokens=tuple(tokens))
         return tokens
 
-    async def _await_seeds(self, timeout_s: float = 10.0) -> None:
-        """Before allocating tokens, hear from a seed (unless we are alone), so the ring we balance against
-        is the real one."""
-        me = {(self.config.effective_advertise_host(), self.membership.local.peer_port),
-              ("127.0.0.1", self.membership.local.peer_port), ("localhost", self.membership.local.peer_port)}
+    async def _await_seeds(self) -> None:
+        """Before allocating tokens, hear from a seed (unless we are alone or the founder, the first seed), so
+        the ring we balance against is the real one. With seeds configured this waits as long as it takes,
+        saying so every few seconds: allocating against an empty ring would put us on top of the others."""
         seeds = self.config.seed_addresses()
-        if not seeds or seeds[0] in me or all(seed in me for seed in seeds):
-            return  # no seeds, or we are the founder (the first seed): nobody to wait for
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
+        me = self._own_addresses(self.membership.local.peer_port)
+        if not seeds or all(seed in me for seed in seeds):
+            return  # alone by configuration
+        if seeds[0] in me:
+            # The founder (first seed) founds the ring unless another seed already holds one: a founder
+            # whose data directory was wiped must rejoin (and take its tokens back), not found a second ring.
+            await self._wait_heard(3 * self.config.gossip_interval_s)
+            return
+        started = time.monotonic()
+        while not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
+            await self._wait_heard(WAIT_LOG_INTERVAL_S)
+            if not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
+                log.warning("no seed has answered with a ring for %.0fs (seeds %s); still waiting before "
+                            "allocating tokens", time.monotonic() - started, self.config.seeds)
+                self.gossiper.heard.clear()
+        # One seed's view may lag behind another's (a node that has just joined through the other): hear every
+        # seed that answers within a few rounds, so that two nodes joining one after the other do not both
+        # balance against the same ring and take the same tokens. (Concurrent joins: issue 12.)
+        deadline = time.monotonic() + 5 * self.config.gossip_interval_s
+        while time.monotonic() < deadline and not set(self.gossiper.seeds) <= self.gossiper.answered:
+            self.gossiper.heard.clear()  # set again by the next exchange absorbed
+            await self._wait_heard(max(0.0, deadline - time.monotonic()))
+
+    async def _wait_heard(self, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.gossiper.heard.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def _await_ring(self, remembered: bool) -> None:
+        """A restart: take no traffic until a peer's view of the ring has arrived (see the module docstring)."""
+        if self.alone():
+            return
+        started = time.monotonic()
+        limit = self.config.ring_wait_s if remembered else None
+        while True:
+            step = WAIT_LOG_INTERVAL_S if limit is None else max(0.0, min(WAIT_LOG_INTERVAL_S,
+                                                                          started + limit - time.monotonic()))
+            if await self._wait_heard(step):
                 return
-            await asyncio.sleep(0.1)
-        log.warning("no seed answered within %.0fs; allocating tokens against an empty ring", timeout_s)
+            waited = time.monotonic() - started
+            if limit is not None and waited >= limit:
+                log.warning("no peer answered within %.0fs; serving on the remembered ring of %d nodes (quorums "
+                            "are not lowered: writes needing absent replicas answer 503)", waited,
+                            len(self.coordinator.ring))
+                return
+            log.warning("no peer has answered for %.0fs (seeds %s); not taking traffic yet", waited,
+                        [f"{h}:{p}" for h, p in self.gossiper.seeds])
 
     # -- background loops -----------------------------------------------------------------------------
 
@@ -206,6 +362,8 @@ class ClusterNode:
 
     async def stop(self) -> None:
         self.ready = False
+        if hasattr(self, "coordinator"):
+            self.coordinator.accepting = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -214,7 +372,8 @@ class ClusterNode:
         if hasattr(self, "gossiper"):
             await self.gossiper.stop()
         if hasattr(self, "coordinator"):
-            await self.coordinator.stop()
+            await self.coordinator.stop(min(self.config.shutdown_timeout_s,
+                                            self.coordinator.settings.write_budget_s))
         if hasattr(self, "server"):
             await self.server.stop()
         await self.peers.close()

@@ -43,9 +43,15 @@ Handler = Callable[[Any, str], Awaitable[Any]]  # (body, calling node id) -> rep
 
 
 class TransportError(RingkvError):
-    """A peer could not be reached or did not answer in time."""
+    """A peer could not be reached or did not answer in time. The request may have reached the peer (and may
+    have been acted on) unless it is a `NotDeliveredError`."""
 
     code = "peer_unavailable"
+
+
+class NotDeliveredError(TransportError):
+    """The request never left this node (no connection, refused handshake, too many calls in flight, frame
+    too large): the peer certainly did not act on it, so it is safe to send it elsewhere."""
 
 
 class RemoteError(RingkvError):
@@ -63,7 +69,7 @@ class RemoteError(RingkvError):
 def _pack(obj: Any) -> bytes:
     data: bytes = msgpack.packb(obj, use_bin_type=True)
     if len(data) > MAX_FRAME_BYTES:
-        raise TransportError(f"frame of {len(data)} bytes is over the limit")
+        raise NotDeliveredError(f"frame of {len(data)} bytes is over the limit")
     return _LEN.pack(len(data)) + data
 
 
@@ -129,6 +135,12 @@ class TransportServer:
             log.warning("refused connection from node %r: %s", hello.get("node"), reason)
             if self._on_refused is not None:
                 self._on_refused(str(hello.get("node")))
+            writer.write(_pack({"t": "refused", "reason": reason}))
+            await writer.drain()
+            return None
+        if hello.get("node") == self.node_id:  # ourselves (a seed list naming us), or an impostor with our id
+            reason = f"node id {self.node_id!r} is this node's own"
+            log.warning("refused connection from %r: %s", hello.get("node"), reason)
             writer.write(_pack({"t": "refused", "reason": reason}))
             await writer.drain()
             return None
@@ -205,11 +217,11 @@ class PeerClient:
                 async with asyncio.timeout(self._connect_timeout_s):
                     answer = await _read_frame(reader)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, msgpack.UnpackException) as e:
-                raise TransportError(f"cannot connect to {self.host}:{self.port}: {e!r}") from None
+                raise NotDeliveredError(f"cannot connect to {self.host}:{self.port}: {e!r}") from None
             if not isinstance(answer, dict) or answer.get("t") != "welcome":
                 writer.close()
                 reason = answer.get("reason") if isinstance(answer, dict) else "bad answer"
-                raise TransportError(f"{self.host}:{self.port} refused us: {reason}")
+                raise NotDeliveredError(f"{self.host}:{self.port} refused us: {reason}")
             self.remote_node = str(answer.get("node"))
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_responses(reader))
@@ -245,20 +257,25 @@ class PeerClient:
                     future.set_exception(error)
 
     async def call(self, method: str, body: Any, timeout_s: float) -> Any:
-        """Send one request and await its answer; TransportError on connection trouble or timeout."""
+        """Send one request and await its answer; TransportError on connection trouble or timeout
+        (`NotDeliveredError` when the request certainly never reached the peer)."""
         if len(self._pending) >= MAX_PENDING_CALLS:
-            raise TransportError(f"{len(self._pending)} calls to {self.host}:{self.port} are in flight already")
+            raise NotDeliveredError(f"{len(self._pending)} calls to {self.host}:{self.port} are in flight already")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        frame = _pack([_REQUEST, request_id, method, body])
+        sent = False
         try:
             async with asyncio.timeout(timeout_s):
                 writer = await self._connect()
                 self._pending[request_id] = future
-                writer.write(_pack([_REQUEST, request_id, method, body]))
+                sent = True
+                writer.write(frame)
                 await writer.drain()
                 return await future
         except TimeoutError:
-            raise TransportError(f"{method} to {self.host}:{self.port} timed out after {timeout_s}s") from None
+            error = TransportError if sent else NotDeliveredError
+            raise error(f"{method} to {self.host}:{self.port} timed out after {timeout_s}s") from None
         except ConnectionError as e:
             raise TransportError(f"{method} to {self.host}:{self.port} failed: {e!r}") from None
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,8 +111,21 @@ def test_apply_never_replaces_our_own_state() -> None:
     impostor = state(A, 99, 99, host="evil.example")  # fresher than ours
     news = view.apply([impostor, state(B, 1, 1), state(A, 1, 0)])
     assert news == [state(B, 1, 1)]
-    assert view.local == ours
-    assert view.members == {A: ours, B: state(B, 1, 1)}
+    # Nothing of the echo is taken but the need for a newer generation (else peers would ignore us).
+    assert view.local == dataclasses.replace(ours, generation=100, version=0)
+    assert view.members == {A: view.local, B: state(B, 1, 1)}
+    assert view.echo == impostor
+
+
+def test_a_node_restarted_with_its_clock_behind_moves_past_what_peers_remember() -> None:
+    # Defect 8: generation = start time only; a restart with the clock behind was ignored by every peer
+    # (they kept the old, "fresher" state and convicted the node for its whole run).
+    before = state(A, 2_000, 50)  # what peers remember of our previous run
+    view = Membership(state(A, 1_000, 0))  # restarted, clock 1 s behind
+    view.apply([before, state(B, 1, 1)])
+    assert view.local.freshness > before.freshness
+    _, news = merge_states({A: before}, [view.local])
+    assert news == [view.local]  # a peer takes our new state
 
 
 def test_apply_keeps_fresher_peer_states() -> None:

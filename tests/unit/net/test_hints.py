@@ -1,5 +1,6 @@
-"""The hint store on a real engine: storing, batching, accounting, recovery after a restart, the size bound,
-the hint window, and delivery that stops at the first failure."""
+"""The hint store on a real engine: storing, batching, accounting, recovery after a restart, the size bound;
+delivery until nothing is left (whatever the hints' age, past failing and bad hints, within a byte rate);
+corrupt stored hints; and the hint window, which is about how long a target has been down."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
 import pytest
 
 from ringkv.cluster.ids import NodeId
-from ringkv.errors import HintsFullError
-from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_expired
-from ringkv.net.transport import TransportError
+from ringkv.errors import HintsFullError, InvalidRecordError
+from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_for_downtime
+from ringkv.net.throttle import RateLimiter
+from ringkv.net.transport import RemoteError, TransportError
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -133,93 +136,370 @@ def test_a_full_store_refuses_hints_and_counts_them_dropped(tmp_path: Path) -> N
     run(main())
 
 
-def test_expired_hints_are_dropped_not_sent(tmp_path: Path) -> None:
+# -- delivery -----------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A `send` that records what it was given and fails the hints it is told to."""
+
+    def __init__(self, fail: dict[bytes, Exception] | None = None) -> None:
+        self.sent: list[bytes] = []
+        self.tried: list[bytes] = []
+        self.fail = fail or {}
+
+    async def __call__(self, hint: Hint) -> None:
+        self.tried.append(hint.key)
+        error = self.fail.get(hint.key)
+        if error is not None:
+            raise error
+        self.sent.append(hint.key)
+
+
+async def keys_of(store: HintStore, target: NodeId) -> list[bytes]:
+    return [h.key for h in await store.batch(target, limit=1 << 20)]
+
+
+def test_an_old_hint_is_delivered_once_its_target_is_back(tmp_path: Path) -> None:
     clock = Clock()
 
     async def main() -> None:
         async with hint_store(tmp_path / "hints", clock=clock) as store:
             await store.store(A, b"old1", b"r")
             await store.store(A, b"old2", b"r")
-            clock.ms += int(WINDOW_S * 1000) // 2
+            clock.ms += int(WINDOW_S * 1000) * 10  # far older than the window: its age does not matter
             await store.store(A, b"new", b"r")
-            clock.ms += int(WINDOW_S * 1000) // 2 + 1  # the first two are now past the window, the last is not
-            sent: list[bytes] = []
-
-            async def send(hint: Hint) -> None:
-                sent.append(hint.key)
-
-            assert await deliver_pending(store, A, send) == 1
-            assert sent == [b"new"]
-            assert (store.dropped, store.delivered) == (2, 1)
+            send = Recorder()
+            assert await deliver_pending(store, A, send) == 3
+            assert sorted(send.sent) == [b"new", b"old1", b"old2"]
+            assert (store.delivered, store.dropped) == (3, 0)
             assert store.pending == {}
             assert await store.batch(A) == []
 
     run(main())
 
 
-def test_delivery_stops_at_the_first_failing_send_and_keeps_the_rest(tmp_path: Path) -> None:
+def test_a_backlog_bigger_than_a_batch_is_delivered_in_one_call(tmp_path: Path) -> None:
     async def main() -> None:
         async with hint_store(tmp_path / "hints") as store:
-            for i in range(5):
-                await store.store(A, b"k%d" % i, b"r")
+            for i in range(1000):
+                await store.store(A, b"k%04d" % i, b"record-%d" % i)
             await store.store(B, b"other", b"r")
-            sent: list[bytes] = []
-
-            async def send(hint: Hint) -> None:
-                if hint.key == b"k2":
-                    raise TransportError("target went away")
-                sent.append(hint.key)
-
-            with pytest.raises(TransportError):
-                await deliver_pending(store, A, send)
-            assert sent == [b"k0", b"k1"]
-            assert [h.key for h in await store.batch(A)] == [b"k2", b"k3", b"k4"]
-            assert store.pending == {A: 3, B: 1}
-            assert (store.delivered, store.dropped) == (2, 0)
-
-            async def send_all(hint: Hint) -> None:
-                sent.append(hint.key)
-
-            assert await deliver_pending(store, A, send_all) == 3
-            assert sent == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+            send = Recorder()
+            assert await deliver_pending(store, A, send) == 1000  # batches of 128, all of them in one call
+            assert sorted(send.sent) == [b"k%04d" % i for i in range(1000)]
             assert store.pending == {B: 1}
+            assert await store.batch(A) == []
+            payload = sum(len(b"k%04d" % i) + len(b"record-%d" % i) for i in range(1000))  # data keys + records
+            assert (store.delivered, store.delivered_bytes) == (1000, payload)
 
     run(main())
 
 
-def test_delivery_goes_one_batch_at_a_time(tmp_path: Path) -> None:
+def test_delivery_goes_on_batch_after_batch_until_nothing_is_left(tmp_path: Path) -> None:
     async def main() -> None:
         async with hint_store(tmp_path / "hints") as store:
             for i in range(5):
                 await store.store(A, b"k%d" % i, b"r")
+            send = Recorder()
 
-            async def send(hint: Hint) -> None:
-                pass
+            async def send_and_add(hint: Hint) -> None:
+                await send(hint)
+                if hint.key == b"k0":  # a hint stored while delivery runs goes in the same call
+                    await store.store(A, b"late", b"r")
 
-            assert await deliver_pending(store, A, send, batch=2) == 2
-            assert store.pending == {A: 3}
-            assert await deliver_pending(store, A, send, batch=2) == 2
-            assert await deliver_pending(store, A, send, batch=2) == 1
-            assert await deliver_pending(store, A, send, batch=2) == 0
+            assert await deliver_pending(store, A, send_and_add, batch=2) == 6
+            assert sorted(send.sent) == sorted([b"k%d" % i for i in range(5)] + [b"late"])
+            assert store.pending == {}
+            assert await deliver_pending(store, A, send_and_add, batch=2) == 0
+
+    run(main())
+
+
+def test_a_hint_the_target_cannot_decode_is_dropped_and_the_others_are_delivered(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(5):
+                await store.store(A, b"k%d" % i, b"r" * 10)
+            send = Recorder({b"k1": RemoteError("invalid_record", "record checksum mismatch")})
+            assert await deliver_pending(store, A, send) == 4
+            assert sorted(send.sent) == [b"k0", b"k2", b"k3", b"k4"]
+            assert store.pending == {}
+            assert store.bytes == 0
+            assert (store.delivered, store.dropped, store.corrupt, store.delivery_failures) == (4, 1, 1, 0)
+            assert await store.batch(A) == []
+
+    run(main())
+
+
+def test_a_hint_whose_record_does_not_decode_locally_is_dropped_too(tmp_path: Path) -> None:
+    async def main() -> None:  # delivery to this node itself decodes the record before merging it
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(3):
+                await store.store(A, b"k%d" % i, b"r")
+            send = Recorder({b"k0": InvalidRecordError("record checksum mismatch")})
+            assert await deliver_pending(store, A, send) == 2
+            assert store.pending == {}
+            assert (store.delivered, store.dropped, store.corrupt) == (2, 1, 1)
+
+    run(main())
+
+
+def test_a_hint_failing_otherwise_stays_and_the_others_are_delivered(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(5):
+                await store.store(A, b"k%d" % i, b"r")
+            send = Recorder({b"k1": RemoteError("overloaded", "try later")})
+            # batch=2: the failing hint ends the first batch; the next batches must start after it
+            assert await deliver_pending(store, A, send, batch=2) == 4
+            assert sorted(send.sent) == [b"k0", b"k2", b"k3", b"k4"]
+            assert send.tried.count(b"k1") == 1  # tried once per call, not in a loop
+            assert await keys_of(store, A) == [b"k1"]
+            assert store.pending == {A: 1}
+            assert (store.delivered, store.dropped, store.corrupt, store.delivery_failures) == (4, 0, 0, 1)
+
+            send.fail.clear()  # the next pass delivers it
+            assert await deliver_pending(store, A, send) == 1
             assert store.pending == {}
 
     run(main())
 
 
-def test_drop_expired_drops_only_hints_past_the_window(tmp_path: Path) -> None:
+def test_delivery_terminates_when_every_hint_fails(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(300):
+                await store.store(A, b"k%03d" % i, b"r")
+
+            async def refuse(hint: Hint) -> None:
+                tried.append(hint.key)
+                raise RemoteError("internal_error", "boom")
+
+            tried: list[bytes] = []
+            assert await deliver_pending(store, A, refuse) == 0
+            assert sorted(tried) == [b"k%03d" % i for i in range(300)]  # each tried exactly once
+            assert store.pending == {A: 300}
+            assert store.delivery_failures == 300
+
+    run(main())
+
+
+def test_a_transport_error_stops_delivery_and_keeps_the_rest(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(5):
+                await store.store(A, b"k%d" % i, b"r")
+            await store.store(B, b"other", b"r")
+            send = Recorder({b"k2": TransportError("target went away")})
+            with pytest.raises(TransportError):
+                await deliver_pending(store, A, send, concurrency=1)
+            assert send.tried == [b"k0", b"k1", b"k2"]  # nothing after the failure was tried
+            assert await keys_of(store, A) == [b"k2", b"k3", b"k4"]
+            assert store.pending == {A: 3, B: 1}
+            assert (store.delivered, store.dropped) == (2, 0)
+
+            send.fail.clear()
+            assert await deliver_pending(store, A, send) == 3
+            assert sorted(send.sent) == [b"k%d" % i for i in range(5)]
+            assert store.pending == {B: 1}
+
+    run(main())
+
+
+def test_a_transport_error_waits_for_the_sends_in_flight(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(6):
+                await store.store(A, b"k%d" % i, b"r")
+            gate, failed = asyncio.Event(), asyncio.Event()
+            started: list[bytes] = []
+
+            async def send(hint: Hint) -> None:
+                started.append(hint.key)
+                if hint.key == b"k2":
+                    failed.set()
+                    raise TransportError("connection reset")
+                await gate.wait()
+
+            delivery = asyncio.create_task(deliver_pending(store, A, send, concurrency=3))
+            await failed.wait()
+            assert started == [b"k0", b"k1", b"k2"]
+            assert not delivery.done()  # k0 and k1 are still in flight
+            gate.set()
+            with pytest.raises(TransportError):
+                await delivery
+            assert started == [b"k0", b"k1", b"k2"]  # nothing new was started after the failure
+            assert await keys_of(store, A) == [b"k2", b"k3", b"k4", b"k5"]  # the in-flight ones were removed
+            assert store.delivered == 2
+
+    run(main())
+
+
+def test_up_to_concurrency_hints_are_in_flight(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(20):
+                await store.store(A, b"k%02d" % i, b"r")
+            in_flight, most = 0, 0
+
+            async def send(hint: Hint) -> None:
+                nonlocal in_flight, most
+                in_flight += 1
+                most = max(most, in_flight)
+                for _ in range(3):
+                    await asyncio.sleep(0)  # yield to the other senders
+                in_flight -= 1
+
+            assert await deliver_pending(store, A, send, concurrency=4) == 20
+            assert most == 4
+            assert await deliver_pending(store, A, send, concurrency=4) == 0
+
+    run(main())
+
+
+def test_delivery_takes_each_hints_bytes_from_the_limiter_before_sending(tmp_path: Path) -> None:
+    events: list[tuple[str, int]] = []
+
+    class RecordingLimiter(RateLimiter):
+        async def acquire(self, n: int) -> None:
+            events.append(("acquire", n))
+            await super().acquire(n)
+
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(3):
+                await store.store(A, b"k%d" % i, b"r" * (10 * (i + 1)))
+
+            async def send(hint: Hint) -> None:
+                events.append(("send", hint.payload_bytes))
+
+            limiter = RecordingLimiter(None)
+            assert await deliver_pending(store, A, send, limiter, concurrency=1) == 3
+            sizes = [2 + 10, 2 + 20, 2 + 30]  # data key + record
+            assert events == [(kind, n) for n in sizes for kind in ("acquire", "send")]
+            assert limiter.bytes_total == store.delivered_bytes == sum(sizes)
+
+    run(main())
+
+
+def test_delivery_keeps_to_the_limiters_rate(tmp_path: Path) -> None:
+    now = [50.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    limiter = RateLimiter(10_000.0, burst_bytes=1000, clock=lambda: now[0], sleep=fake_sleep)
+
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(200):
+                await store.store(A, b"k%03d" % i, b"r" * 496)  # 500 payload bytes each
+            sent_at: list[float] = []
+
+            async def send(hint: Hint) -> None:
+                sent_at.append(now[0])
+
+            assert await deliver_pending(store, A, send, limiter) == 200
+            assert limiter.bytes_total == store.delivered_bytes == 200 * 500
+            # a full bucket (1000 bytes) goes at once, the other 99,000 bytes at 10,000 B/s
+            assert now[0] - 50.0 == pytest.approx(9.9)
+            for i, at in enumerate(sent_at):
+                assert 500 * (i + 1) <= 1000 + 10_000 * (at - 50.0) + 1e-6
+
+    run(main())
+
+
+# -- corrupt hints --------------------------------------------------------------------------------------------
+
+
+GARBAGE = [
+    (b"\x00" * 8, b"\xc1\xc1\xc1"),  # not msgpack at all
+    (b"\x00" * 7 + b"\x01", msgpack.packb({"key": b"k"}, use_bin_type=True)),  # msgpack, wrong shape
+    (b"\x00" * 7 + b"\x02", msgpack.packb([b"k", b"r"], use_bin_type=True)),  # too few fields
+    (b"\x00" * 7 + b"\x03", msgpack.packb(["k", b"r", 1], use_bin_type=True)),  # key not bytes
+    (b"junk", msgpack.packb([b"k", b"r", 1], use_bin_type=True)),  # hint key without a sequence
+    (b"\xff" * 8, msgpack.packb([b"k", b"r", 1], use_bin_type=True) + b"extra"),  # trailing bytes
+]
+
+
+async def put_garbage(store: HintStore, target: NodeId) -> None:
+    for suffix, value in GARBAGE:
+        await store.engine.put(target.encode() + b"\x00" + suffix, value)
+
+
+def test_garbage_in_the_hint_engine_does_not_break_load(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(3):
+                await store.store(A, b"k%d" % i, b"r")
+            await store.store(B, b"kb", b"r")
+            await put_garbage(store, A)
+            good = dict(store.pending), store.bytes
+
+        async with hint_store(tmp_path / "hints") as reopened:  # load() runs here
+            assert (reopened.pending, reopened.bytes) == good
+            assert (reopened.corrupt, reopened.dropped) == (len(GARBAGE), len(GARBAGE))
+            assert await keys_of(reopened, A) == [b"k0", b"k1", b"k2"]
+            assert len(await reopened.engine.scan(b"n1\x00", b"n1\x01")) == 3  # the garbage is gone
+            assert reopened.corrupt == len(GARBAGE)  # and is not counted twice
+
+    run(main())
+
+
+def test_garbage_in_the_hint_engine_does_not_break_batch_or_delivery(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(3):
+                await store.store(A, b"k%d" % i, b"r")
+            await store.store(AB, b"kab", b"r")
+            await put_garbage(store, A)  # after load: only batch and delivery meet it
+            assert await keys_of(store, A) == [b"k0", b"k1", b"k2"]
+            assert store.corrupt == len(GARBAGE)
+
+            await put_garbage(store, A)
+            send = Recorder()
+            assert await deliver_pending(store, A, send, batch=2) == 3
+            assert sorted(send.sent) == [b"k0", b"k1", b"k2"]
+            assert store.pending == {AB: 1}
+            assert store.bytes == (await store.batch(AB))[0].size
+            assert (store.corrupt, store.dropped) == (2 * len(GARBAGE), 2 * len(GARBAGE))
+            assert await store.engine.scan(b"n1\x00", b"n1\x01") == []
+
+    run(main())
+
+
+# -- the hint window: how long a target has been down -------------------------------------------------------
+
+
+def test_drop_for_downtime_drops_all_of_a_targets_hints_only_past_the_window(tmp_path: Path) -> None:
     clock = Clock()
 
     async def main() -> None:
         async with hint_store(tmp_path / "hints", clock=clock) as store:
-            await store.store(A, b"old", b"r")
-            await store.store(B, b"other-target", b"r")
-            clock.ms += int(WINDOW_S * 1000)
-            await store.store(A, b"new", b"r")
-            assert await drop_expired(store, A) == 0  # exactly at the window: still kept
-            clock.ms += 1
-            assert await drop_expired(store, A) == 1
-            assert [h.key for h in await store.batch(A)] == [b"new"]
-            assert store.pending == {A: 1, B: 1}
-            assert (store.dropped, store.delivered) == (1, 0)
+            for i in range(5):
+                await store.store(A, b"k%d" % i, b"r")
+            await store.store(AB, b"other-target", b"r")
+            clock.ms += int(WINDOW_S * 1000) * 10  # hint age plays no part
+            assert await drop_for_downtime(store, A, 0.0) == 0
+            assert await drop_for_downtime(store, A, WINDOW_S) == 0  # exactly at the window: still kept
+            assert store.pending == {A: 5, AB: 1}
+
+            assert await drop_for_downtime(store, A, WINDOW_S + 0.001, batch=2) == 5
+            assert await store.batch(A) == []
+            assert store.pending == {AB: 1}
+            assert store.bytes == (await store.batch(AB))[0].size
+            assert (store.dropped, store.delivered) == (5, 0)
+            assert await drop_for_downtime(store, A, WINDOW_S * 2) == 0  # nothing left
+
+    run(main())
+
+
+def test_a_store_accepts_hints_for_a_target_down_up_to_the_window(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            assert store.accepts(0.0)
+            assert store.accepts(WINDOW_S)
+            assert not store.accepts(WINDOW_S + 0.001)
 
     run(main())

@@ -1,0 +1,126 @@
+"""A node's identity on its own volume, `DATA_DIR/node.json`, and the rules that keep dots unique.
+
+Format 2 (JSON; replaced atomically: temporary file, fsync, rename, directory fsync)::
+
+    {"format": 2, "node_id": str, "incarnation": str (hex), "tokens": [int, ...], "generation": int,
+     "running": bool, "peers": [member state, as gossip's MemberState.to_wire, ...]}
+
+Format 1 (before incarnations: `{"node_id", "tokens"}`) still loads; it has no incarnation, so the node takes
+one. An unreadable file is an error (the node refuses to start rather than guess who it is).
+
+The rules (`decide`, pure):
+
+- **Incarnation.** Kept only when the file names this node id and holds one, and the previous run stopped
+  cleanly or the commit log fsyncs before every acknowledgement (`sync`: then a crash loses only writes
+  nobody was told of or shown). Otherwise — a new or wiped data directory, a format 1 file, an unclean stop
+  under `batch`/`off` durability — a new random incarnation: the node's dots get a new actor
+  (`ids.actor`), so none of them can repeat one its peers have already seen.
+- **Generation** (gossip's restart counter): `max(saved + 1, now_ms)`, persisted before the first gossip, so
+  a node whose clock went backwards still starts a newer generation than its peers remember.
+- `running` is set before the node serves and cleared after its storage is closed: an unclean stop leaves
+  it set.
+- `peers` is the last ring this node saw (the members with tokens); a restarted node gossips to them as well
+  as to its seeds and places keys on that ring until it hears a fresher one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ringkv.errors import RingkvError
+from ringkv.storage.fsutil import write_atomically
+
+FORMAT = 2
+FILE_NAME = "node.json"
+
+
+class IdentityError(RingkvError):
+    """`node.json` exists but cannot be read as an identity."""
+
+    code = "identity_unreadable"
+
+
+@dataclass(frozen=True)
+class Identity:
+    node_id: str
+    incarnation: str
+    tokens: tuple[int, ...] = ()
+    generation: int = 0
+    running: bool = False
+    peers: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT, "node_id": self.node_id, "incarnation": self.incarnation,
+            "tokens": list(self.tokens), "generation": self.generation, "running": self.running,
+            "peers": [dict(p) for p in self.peers],
+        }, sort_keys=True).encode()
+
+    def with_(self, **changes: Any) -> Identity:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Decision:
+    identity: Identity
+    new_incarnation: bool
+    reason: str  # why the incarnation was kept or renewed (for the log)
+
+
+def decide(saved: Mapping[str, Any] | None, node_id: str, sync_durability: bool, now_ms: int,
+           fresh_incarnation: str) -> Decision:
+    """The identity this start runs under, from what `node.json` held (None: no file)."""
+    if saved is None:
+        reason = "new data directory"
+    elif saved.get("node_id") != node_id:
+        reason = f"the data directory belonged to node {saved.get('node_id')!r}"
+    elif not saved.get("incarnation"):
+        reason = "the data directory predates incarnations"
+    elif saved.get("running") and not sync_durability:
+        reason = "the previous run did not stop cleanly and durability is not sync"
+    else:
+        reason = ""
+    same_node = saved is not None and saved.get("node_id") == node_id
+    tokens = tuple(int(t) for t in (saved or {}).get("tokens") or ()) if same_node else ()
+    peers = tuple(p for p in (saved or {}).get("peers") or () if isinstance(p, dict)) if same_node else ()
+    generation = max(int((saved or {}).get("generation") or 0) + 1, now_ms) if same_node else now_ms
+    if reason:
+        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers)
+        return Decision(identity, True, reason)
+    identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers)
+    return Decision(identity, False, "the previous run stopped cleanly" if not (saved or {}).get("running")
+                    else "durability is sync")
+
+
+def new_incarnation() -> str:
+    return os.urandom(4).hex()
+
+
+def path_in(data_dir: str) -> str:
+    return os.path.join(data_dir, FILE_NAME)
+
+
+def load(path: str) -> dict[str, Any] | None:
+    """What `node.json` holds, None when there is none. Raises IdentityError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise IdentityError(f"{path} is not JSON ({e}); move it away to start this node as a new one") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("node_id"), str):
+        raise IdentityError(f"{path} does not hold a node identity")
+    return doc
+
+
+def save(path: str, identity: Identity) -> None:
+    """Durably replace `node.json` (blocking: call it in a thread)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_atomically(path, identity.to_json())

@@ -1,0 +1,165 @@
+"""Coordinator defects that lost or duplicated acknowledged writes (issue 9), each shown on the in-process
+cluster of `test_coordinator`: quorums never lowered, at-most-once forwarding with nested deadlines, only
+replicas acknowledge, owed replication survives a stop, one corrupt record does not block hint delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ringkv.cluster import versions
+from ringkv.cluster.ids import NodeId
+from ringkv.cluster.ring import NodeInfo, Ring
+from ringkv.errors import QuorumUnavailableError
+from tests.unit.net.test_coordinator import SETTINGS, cluster_of, coordinated_by, key_where, run, until
+
+
+def test_quorums_are_never_lowered_when_the_ring_is_smaller_than_asked(tmp_path: Path) -> None:
+    # Defect 0: a restarted node whose ring held only itself turned W=2 and R=2 into 1 and acknowledged alone.
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            lonely = cluster[NodeId("n0")].coordinator
+            lonely.ring = Ring({NodeInfo(NodeId("n0")): Ring.tokens_of(cluster.ring, NodeId("n0"))})
+            with pytest.raises(QuorumUnavailableError) as put_error:
+                await lonely.put(b"k", b"v", None, w=2)
+            assert put_error.value.details() == {"required": 2, "acknowledged": 0}
+            with pytest.raises(QuorumUnavailableError):
+                await lonely.put(b"k", b"v", None, w=None)  # the default W=2 is not lowered either
+            with pytest.raises(QuorumUnavailableError):
+                await lonely.get(b"k", r=2)
+            assert await cluster[NodeId("n0")].replica.read(b"k") == versions.empty_record()  # nothing applied
+            assert versions.live_values(await lonely.put(b"k", b"v", None, w=1)) == [b"v"]  # W=1 is honest
+
+    run(main())
+
+
+def _delayed(handler: Any, delay_s: float) -> Any:
+    async def slow(body: Any, peer: str) -> Any:
+        await asyncio.sleep(delay_s)  # the fault under test: a slow peer
+        return await handler(body, peer)
+
+    return slow
+
+
+def test_a_slow_replica_does_not_make_a_forwarded_write_apply_twice(tmp_path: Path) -> None:
+    # Defect 4: the forwarder gave up after one request timeout while the coordinator waited two for W (a
+    # failed replica, then its hinted fallback), and re-sent the write to the next replica: two siblings.
+    async def main() -> None:
+        async with cluster_of(4, tmp_path) as cluster:
+            outsider = NodeId("n3")
+            key = key_where(cluster, lambda pref: outsider not in pref)
+            first, second, third = cluster.preference(key)
+            for node in (second, third):  # both other replicas answer only after the request timeout
+                server = cluster[node].server
+                server.handlers["replicate"] = _delayed(server.handlers["replicate"], SETTINGS.timeout_s * 1.2)
+            record = await cluster[outsider].coordinator.put(key, b"once", None, w=2)
+            assert coordinated_by(record) == {first}
+            assert cluster[outsider].coordinator.stats.forward_retries == 0
+
+            for node in (first, second, third):
+                await until(functools.partial(cluster[node].holds, key, record), f"{node} holds the write")
+            read = await cluster[first].coordinator.get(key, r=3)
+            assert [v.dot.node for v in read.versions] == [first]
+
+    run(main())
+
+
+def test_a_forward_that_may_have_been_delivered_is_not_sent_to_a_second_coordinator(tmp_path: Path) -> None:
+    # Defect 4: a write forwarded to a coordinator that was slow (or cut off after the request left) was
+    # retried on the next replica and so applied by two coordinators.
+    async def main() -> None:
+        async with cluster_of(4, tmp_path) as cluster:
+            outsider = NodeId("n3")
+            key = key_where(cluster, lambda pref: outsider not in pref)
+            first, second, _ = cluster.preference(key)
+            entry = cluster[outsider].coordinator
+            server = cluster[first].server
+            slow_by = SETTINGS.write_budget_s + SETTINGS.timeout_s + 0.5  # past the forwarder's deadline
+            server.handlers["coordinate"] = _delayed(server.handlers["coordinate"], slow_by)
+            with pytest.raises(QuorumUnavailableError):
+                await entry.put(key, b"maybe", None, w=2)
+            assert entry.stats.forward_retries == 0
+
+            async def applied_by_first() -> bool:
+                return bool((await cluster[first].replica.read(key)).versions)
+
+            await until(applied_by_first, "the slow coordinator applied it", timeout_s=slow_by + 5)
+            for node in cluster.members:  # one coordinator, one version, anywhere
+                assert coordinated_by(await cluster[node].replica.read(key)) <= {first}
+            assert not coordinated_by(await cluster[second].replica.read(key)) - {first}
+
+    run(main())
+
+
+def test_a_forwarded_write_reaching_a_non_replica_is_refused_and_rerouted(tmp_path: Path) -> None:
+    # Defect 7: with diverged ring views the receiver counted its own write as an acknowledgement although it
+    # was not a replica ("w=2 acknowledged" with one real replica holding it).
+    async def main() -> None:
+        async with cluster_of(4, tmp_path) as cluster:
+            outsider = NodeId("n3")
+            key = key_where(cluster, lambda pref: outsider not in pref)
+            first, second, third = cluster.preference(key)
+            # `first` believes it left the ring: in its own view it replicates nothing
+            stale = cluster[first].coordinator
+            stale.ring = Ring({info: toks for info, toks in cluster.ring.assignments().items()
+                               if info.node_id != first})
+            stale.ring_digest = "diverged"
+            record = await cluster[outsider].coordinator.put(key, b"v", None, w=2)
+            assert coordinated_by(record) == {second}  # re-routed: the next replica coordinated
+            assert stale.stats.not_replica_refusals == 1
+            assert stale.stats.ring_mismatches >= 1  # the diverged view was noticed
+            assert cluster[outsider].coordinator.stats.forward_retries == 1
+            for node in (second, third):
+                await until(functools.partial(cluster[node].holds, key, record), f"{node} holds the write")
+
+    run(main())
+
+
+def test_stop_keeps_replication_still_owed_as_hints(tmp_path: Path) -> None:
+    # Defect 6: stop() cancelled background replication without keeping hints, so a w=1 write acknowledged
+    # just before a shutdown stayed on one node.
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            key = b"owed"
+            first, second, third = cluster.preference(key)
+            gate = asyncio.Event()  # the other replicas take forever to answer
+            for node in (second, third):
+                server = cluster[node].server
+                handler = server.handlers["replicate"]
+
+                async def stuck(body: Any, peer: str, handler: Any = handler) -> Any:
+                    await gate.wait()
+                    return await handler(body, peer)
+
+                server.handlers["replicate"] = stuck
+            coordinator = cluster[first].coordinator
+            await coordinator.put(key, b"v", None, w=1)
+            await coordinator.stop(drain_s=0.2)
+            assert cluster[first].hints.pending == {second: 1, third: 1}
+            assert coordinator.stats.hints_kept_at_shutdown == 2
+            gate.set()
+
+    run(main())
+
+
+def test_one_corrupt_record_does_not_block_hint_delivery(tmp_path: Path) -> None:
+    # Defect 5: the target's corrupt local record made merge_in raise, delivery stopped at that hint, and
+    # every other hint for the node waited forever.
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            holder, target = cluster[NodeId("n0")], NodeId("n1")
+            records = [versions.update(versions.empty_record(), None, NodeId("n0"), b"v%d" % i, 1) for i in range(4)]
+            await cluster[target].engine.put(b"key-0", b"\x01garbage")  # the first hinted key is corrupt there
+            for i, record in enumerate(records):
+                await holder.hints.store(target, b"key-%d" % i, versions.encode_record(record))
+            assert await holder.coordinator.deliver_hints() == 4
+            assert holder.hints.pending == {}
+            for i, record in enumerate(records):  # the corrupt record was replaced by what the hint carried
+                assert await cluster[target].holds(b"key-%d" % i, record)
+            assert cluster[target].replica.quarantine.count == 1
+
+    run(main())
