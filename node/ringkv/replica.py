@@ -109,6 +109,13 @@ class Quarantine:
             log.error("could not keep the quarantined record in %s: %s", path, e)
 
 
+class _CorruptRecord(CorruptionError):
+    def __init__(self, path: str, key: bytes, raw: bytes, reason: str) -> None:
+        super().__init__(path, f"record of key {key!r}: {reason}")
+        self.raw = raw
+        self.reason = reason
+
+
 async def _new_random_actor(actor: NodeId) -> NodeId:
     return ids.actor(ids.node_of(actor), os.urandom(4).hex())
 
@@ -153,17 +160,14 @@ class Replica:
         try:
             return versions.decode_record(raw)
         except InvalidRecordError as e:
-            raise CorruptionError(self.engine.engine.path, f"record of key {key!r}: {e}") from None
+            raise _CorruptRecord(self.engine.engine.path, key, raw, str(e)) from None
 
     async def _current(self, key: bytes) -> Record:
         """The local record, with the key's lock held: a corrupt one is quarantined and reads as empty."""
-        raw = await self.engine.get(key)
-        if raw is None:
-            return versions.empty_record()
         try:
-            return versions.decode_record(raw)
-        except InvalidRecordError as e:
-            await self.quarantine.keep(key, raw, str(e))
+            return await self._decoded(key)
+        except _CorruptRecord as corrupt:
+            await self.quarantine.keep(key, corrupt.raw, corrupt.reason)
             await self._renew()
             await self.engine.delete(key)
             return versions.empty_record()

@@ -118,23 +118,26 @@ def test_a_first_start_with_seeds_waits_rather_than_allocate_against_an_empty_ri
 
 
 def test_a_wiped_node_takes_back_its_tokens_under_a_new_incarnation(tmp_path: Path) -> None:
-    # Defect 1: a node wiped and restarted under its old name reissued dots its peers had already seen.
+    # Defect 1: a node wiped and restarted under its old name reissued dots its peers had already seen; and it
+    # allocated new tokens against today's ring (which differs from the one it joined) instead of its own.
     async def main() -> None:
-        a_port, b_port = free_port(), free_port()
-        a_cfg = config(tmp_path, "a", a_port, [a_port, b_port])
-        b_cfg = config(tmp_path, "b", b_port, [a_port, b_port])
-        async with started(a_cfg) as (a, _):
-            old_tokens, old_actor, old_generation = a.membership.local.tokens, a.replica.actor, a.identity.generation
-            async with started(b_cfg) as (b, _):
-                await until(lambda: len(b.coordinator.ring) == 2 and len(a.coordinator.ring) == 2, "a ring of two")
-                await a.stop()
-                shutil.rmtree(a_cfg.data_dir)  # the volume is lost; the pod comes back under its old name
-                async with started(a_cfg) as (again, _):
+        a_port, b_port, c_port = free_port(), free_port(), free_port()
+        seeds = [a_port, b_port]
+        a_cfg, b_cfg, c_cfg = (config(tmp_path, n, p, seeds) for n, p in (("a", a_port), ("b", b_port),
+                                                                           ("c", c_port)))
+        async with started(a_cfg) as (a, _), started(b_cfg) as (b, _):
+            await until(lambda: len(a.coordinator.ring) == 2, "a ring of two")
+            old_tokens, old_actor, old_generation = b.membership.local.tokens, b.replica.actor, b.identity.generation
+            async with started(c_cfg) as (c, _):  # the ring b would allocate against now is another one
+                await until(lambda: len(a.coordinator.ring) == 3 and len(c.coordinator.ring) == 3, "three")
+                await b.stop()
+                shutil.rmtree(b_cfg.data_dir)  # the volume is lost; the pod comes back under its old name
+                async with started(b_cfg) as (again, _):
                     assert again.membership.local.tokens == old_tokens  # its place in the ring, not a new one
                     assert again.replica.actor != old_actor  # its dots cannot repeat the old ones
-                    assert again.replica.actor.startswith("a#")
+                    assert again.replica.actor.startswith("b#")
                     assert again.membership.local.generation > old_generation
-                    await until(lambda: b.membership.members["a"].generation == again.membership.local.generation,
-                                "b takes the new generation")
+                    await until(lambda: a.membership.members["b"].generation == again.membership.local.generation,
+                                "a takes the new generation")
 
     run(main())
