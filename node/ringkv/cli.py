@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ringkv.loadgen import cli as bench_cli
 
     bench_cli.add_parser(sub)
+    from ringkv.check import cli as check_cli
+
+    check_cli.add_parser(sub)
     return parser
 
 
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from ringkv.loadgen import cli as bench_cli
 
         return bench_cli.main(args)
+    if args.command == "check":
+        from ringkv.check import cli as check_cli
+
+        return check_cli.main(args)
     if args.command == "node":
         from ringkv import server
 

@@ -163,10 +163,24 @@ def test_absent_key_is_404_not_found(node: NodeProcess) -> None:
         for route in ("/api/v1/getValue", "/api/v1/get"):
             doc = assert_error(await call(node.url, "GET", route, params={"key": "never-written"}), 404,
                                "not_found")
-            assert doc["key"] == "never-written" and "context" not in doc
+            assert doc["key"] == "never-written" and isinstance(doc["context"], str)
         async with Client(node.url) as client:
             got = await client.get("never-written")
-        assert not got.found and got.value is None and got.context is None
+        assert not got.found and got.value is None and got.context is not None
+
+    run(scenario())
+
+
+def test_concurrent_creates_with_the_404_context_are_both_kept(node: NodeProcess) -> None:
+    # Found by `ringkv check`'s set workload: a 404 carried no context, so two clients that read a new key and
+    # created it wrote blind, and the later put superseded the acknowledged earlier one.
+    async def scenario() -> None:
+        async with Client(node.url) as client:
+            first, second = await client.get("created-twice"), await client.get("created-twice")
+            await client.put("created-twice", ["a"], context=first.context)
+            await client.put("created-twice", ["b"], context=second.context)
+            got = await client.get("created-twice")
+        assert sorted(got.values) == [["a"], ["b"]]  # siblings: nothing acknowledged was lost
 
     run(scenario())
 

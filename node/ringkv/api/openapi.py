@@ -18,7 +18,7 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed request: bad JSON, missing or wrong fields, bad context",
-        404: "Key absent or deleted (carries the tombstone's context when there is one)",
+        404: "Key absent or deleted; carries a context (the tombstone's, or an empty one) to create it with",
         405: "Method not allowed",
         409: "The write would leave more than 100 concurrent versions; resolve them first",
         413: "Request body over the limit, or key plus value not under 10,240 bytes",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,10 +34,11 @@ def _read_answer(key: str, record: Record, request: web.Request) -> web.Response
     if versions.sibling_warning(record):
         metrics.sibling_warnings.inc()
     if not values:
-        extra: dict[str, Any] = {"key": key}
-        if record.versions:
-            extra["context"] = context  # a tombstone's context lets a client write causally after it
-        return error_response(404, "not_found", "key not found", **extra)
+        # Always with a context (empty for a key never written): a client that read the key and creates it
+        # sends it back, so two concurrent creates become siblings instead of the later overwriting the
+        # other (a put without a context supersedes whatever its coordinator holds). After a delete it is the
+        # tombstone's, so the new write follows it causally.
+        return error_response(404, "not_found", "key not found", key=key, context=context)
     metrics.siblings.observe(len(values))
     if len(values) == 1:
         return json_response({"key": key, "value": _value(values[0]), "context": context})
