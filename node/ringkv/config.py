@@ -47,6 +47,7 @@ class NodeConfig:
     datacenter: str = "dc1"
     rack: str = "rack1"
     request_timeout_s: float = 2.0
+    suspect_after_s: float = 0.3
     ring_wait_s: float = 30.0
     gossip_interval_s: float = 1.0
     phi_threshold: float = 8.0
@@ -118,6 +119,7 @@ _HELP = {
     "datacenter": "datacenter name (placement spreads replicas across datacenters)",
     "rack": "rack name (placement spreads replicas across racks)",
     "request_timeout_s": "timeout of one replica request",
+    "suspect_after_s": "a peer that has answered nothing for this long while a call waits is tried last",
     "gossip_interval_s": "seconds between gossip rounds",
     "phi_threshold": "phi accrual failure detector conviction threshold",
     "hints_enabled": "keep hints for replicas that are down (hinted handoff)",

@@ -9,11 +9,13 @@ through the same lock and `versions.merge`.
 Rules this module keeps, so that a dot is never issued twice (see `docs/consistency.md`):
 
 - **Nothing is observed before it is durable.** The engine makes a write visible before its fsync; a write
-  holds its key's lock until the fsync, and `read` waits for a held lock, so no read (and so no read repair
-  on another node) can see a version this node could still lose in a crash.
+  holds its key's lock until the fsync (even when its caller is cancelled), and `read` waits for a held lock,
+  so no read (and so no read repair on another node) can see a version this node could still lose in a
+  crash. A failed fsync of a new version renews the actor; if even that fails, the replica takes no more
+  writes.
 - **A context may not claim more of this node than it issued.** A client context naming this node's actor
   at a counter beyond what the local record has seen is refused (`InvalidContextError`): it is forged, and
-  accepting it would exhaust or skip the counter.
+  accepting it would exhaust or skip the counter; nor may it claim any actor far (2**32) beyond the record.
 - **A corrupt record is quarantined, not fatal.** Its bytes are kept aside (`DATA_DIR/quarantine/`, counted,
   logged), the key reads as empty locally (the other replicas and read repair supply the data), and the
   node renews its actor (a new incarnation) before its next write, because the lost record was the only
@@ -42,6 +44,9 @@ from ringkv.storage.fsutil import write_atomically
 log = logging.getLogger("ringkv.replica")
 
 QUARANTINE_DIR = "quarantine"
+# A client context may be ahead of this replica's record (it read newer replicas), but never by this much: a
+# counter that far ahead is forged, and accepting it could exhaust that actor's counter for the key.
+MAX_CONTEXT_LEAD = 2**32
 
 
 def _wall_clock_ms() -> int:
@@ -136,6 +141,7 @@ class Replica:
         self.quarantine = quarantine or Quarantine(None)
         self._locks = KeyLocks()
         self._renewing = asyncio.Lock()
+        self._fenced = False
 
     @property
     def node_id(self) -> NodeId:
@@ -175,29 +181,60 @@ class Replica:
     async def _renew(self) -> None:
         async with self._renewing:
             old = self.actor
-            self.actor = await self._renew_actor(old)
-            log.warning("dot actor renewed after a corrupt record: %s -> %s", old, self.actor)
+            try:
+                self.actor = await self._renew_actor(old)
+            except BaseException:
+                self._fenced = True  # no proof of a fresh actor: issue no more dots at all
+                log.critical("could not renew the dot actor %s; this node refuses writes from now on", old)
+                raise
+            log.warning("dot actor renewed: %s -> %s", old, self.actor)
+
+    async def _store(self, key: bytes, record: Record, own: bool) -> None:
+        """Put `record` and wait for it to be durable, holding the caller's key lock throughout, even if the
+        caller is cancelled (a dropped connection cancels its handlers): releasing the lock before the fsync
+        would let a lock-free read see a version that is not durable. A failed put of our own new version
+        (`own`) renews the actor: the version may be visible in memory without being durable."""
+
+        async def put() -> None:
+            try:
+                await self.engine.put(key, versions.encode_record(record))
+            except StorageError:
+                if own:
+                    await self._renew()
+                raise
+
+        task = asyncio.ensure_future(put())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
+
+    def _check_context(self, current: Record, context: VersionVector) -> None:
+        actor = self.actor
+        if context.get(actor) > current.context.get(actor):
+            raise InvalidContextError(
+                f"context claims version {context.get(actor)} of {actor}, which issued only "
+                f"{current.context.get(actor)} for this key")
+        for node, counter in context.counters:
+            if counter - current.context.get(node) > MAX_CONTEXT_LEAD:
+                raise InvalidContextError(f"context claims version {counter} of {node}, far beyond any seen")
 
     async def write(self, key: bytes, value: bytes | None, context: VersionVector | None) -> Record:
         """Coordinate a put (or a delete with `value=None`) on the local record; durable on return.
 
         Raises `InvalidContextError` when `context` claims a version of this node's actor that this node
-        never issued for the key."""
+        never issued for the key, or of any actor far beyond what the record has seen (a forged context that
+        would exhaust a counter)."""
+        if self._fenced:
+            raise StorageError("this node could not renew its dot actor after a storage failure; it takes no "
+                               "writes until restarted")
         async with self._locks.hold(key):
             current = await self._current(key)
-            actor = self.actor
-            if context is not None and context.get(actor) > current.context.get(actor):
-                raise InvalidContextError(
-                    f"context claims version {context.get(actor)} of {actor}, which issued only "
-                    f"{current.context.get(actor)} for this key")
-            updated = versions.update(current, context, actor, value, self._clock_ms())
-            try:
-                await self.engine.put(key, versions.encode_record(updated))
-            except StorageError:
-                # The new version may be visible (memtable) without being durable: a crash could lose it
-                # after someone saw it, so this actor may not issue counters from the durable state again.
-                await self._renew()
-                raise
+            if context is not None:
+                self._check_context(current, context)
+            updated = versions.update(current, context, self.actor, value, self._clock_ms())
+            await self._store(key, updated, own=True)
             return updated
 
     async def merge_in(self, key: bytes, incoming: Record) -> Record:
@@ -206,5 +243,5 @@ class Replica:
             current = await self._current(key)
             merged = versions.merge(current, incoming)
             if merged != current:
-                await self.engine.put(key, versions.encode_record(merged))
+                await self._store(key, merged, own=False)
             return merged

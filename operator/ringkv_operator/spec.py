@@ -23,7 +23,7 @@ PLURAL = "kvclusters"
 CONFIG_KEYS = frozenset({
     "durability", "memtable_mb", "max_request_bytes", "log_format", "log_level", "shutdown_timeout_s",
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",
-    "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s",
+    "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s", "suspect_after_s",
 })
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # A StatefulSet's pods are labelled with "<statefulset>-<10 character revision hash>", at most 63 characters.

@@ -145,6 +145,9 @@ def test_down_replica_receives_its_hinted_writes_when_it_returns(tmp_path: Path,
         values: dict[str, JSONValue] = {k: {"key": k, "hinted": True} for k in keys}
         asyncio.run(_put_all(living, values, w=2))
 
+        # the hint for the dead replica is taken in the background once W=2 acknowledged
+        wait_until(lambda: sum(hints(n)["stored"] for n in living) >= len(keys), 10.0, "every hint is stored",
+                   observe=lambda: [hints(n) for n in living])
         held = [hints(n) for n in living]
         assert sum(h["stored"] for h in held) == len(keys), held
         assert sum(h["pending"].get(victim, 0) for h in held) == len(keys), held

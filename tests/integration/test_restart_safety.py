@@ -330,16 +330,17 @@ def test_wiped_node_restarted_under_its_old_name_loses_nothing(tmp_path: Path) -
         untouched = kept_led + other_keys
         before_wipe = led_keys + other_keys
 
-        # Before the wipe: every key written twice (the second put with the first one's context), W=3,
-        # through the three nodes in turn; the victim coordinates the led keys (today their dots are (n3, 1..2)).
+        # Before the wipe: every key written twice (the second put with the first one's context), W=3; the led
+        # keys through the victim, so it coordinates them (any replica coordinates the writes it receives), the
+        # others through n1 and n2.
         old: dict[str, JSONValue] = {k: {"key": k, "phase": "before-wipe"} for k in before_wipe}
 
         async def write_old(api: Api) -> None:
             for i, key in enumerate(before_wipe):
-                node = cluster.nodes[i % 3]
+                node = victim if key in led_keys else (n1, n2)[i % 2]
                 status, body = await api.put(node, key, {"key": key, "phase": "first"}, w=3)
                 assert status == 200, (key, status, body)
-                status, body = await api.put(cluster.nodes[(i + 1) % 3], key, old[key], body["context"], w=3)
+                status, body = await api.put(node, key, old[key], body["context"], w=3)
                 assert status == 200, (key, status, body)
 
         _with_api(write_old)
@@ -352,7 +353,8 @@ def test_wiped_node_restarted_under_its_old_name_loses_nothing(tmp_path: Path) -
             assert record is not None and len(record["versions"]) == 1, (key, record)
             coordinators[key] = record["versions"][0]["node"]
         victim_dots = {coordinators[k] for k in led_keys}
-        assert len(victim_dots) == 1 and not victim_dots & {coordinators[k] for k in other_keys}, (
+        assert len(victim_dots) == 1 and victim_dots.pop().partition("#")[0] == victim.node_id and not any(
+            coordinators[k].partition("#")[0] == victim.node_id for k in other_keys), (
             f"the victim did not coordinate the keys led by it: {coordinators}")
 
         # The wipe: SIGKILL, delete the whole data directory, restart under the same id with the same flags.

@@ -140,3 +140,41 @@ def test_a_corrupt_record_renews_the_actor_before_the_next_write(tmp_path: Path)
             assert replica.quarantine.count == 1
 
     run(main())
+
+
+def test_a_cancelled_write_keeps_its_key_locked_until_the_version_is_durable(tmp_path: Path) -> None:
+    # Review finding: a dropped internode connection cancels its handlers; a write cancelled while waiting
+    # for its fsync released the key lock, and a lock-free read saw the version that was not durable yet.
+    async def main() -> None:
+        async with replica_at(tmp_path / "data") as (replica, engine):
+            await replica.write(b"k", b"durable", None)
+            engine.gate.clear()
+            engine.parked.clear()
+            writing = asyncio.create_task(replica.write(b"k", b"pending", None))
+            await engine.parked.wait()
+            writing.cancel()
+            reading = asyncio.create_task(replica.read(b"k"))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not reading.done(), f"a read saw {reading.result()} before it was durable"
+            engine.gate.set()
+            assert versions.live_values(await reading) == [b"pending"]
+            with pytest.raises(asyncio.CancelledError):
+                await writing
+
+    run(main())
+
+
+def test_a_context_far_ahead_for_any_actor_is_refused(tmp_path: Path) -> None:
+    # Review finding: only our own actor was checked; a forged counter of another node near MAX_COUNTER was
+    # replicated and blocked every later write of the key coordinated by that node.
+    async def main() -> None:
+        async with replica_at(tmp_path / "data") as (replica, _):
+            record = await replica.write(b"k", b"v1", None)
+            other = NodeId("n2#bbbb")
+            with pytest.raises(InvalidContextError):
+                await replica.write(b"k", b"evil", record.context.merge(VersionVector.of({other: MAX_COUNTER - 1})))
+            ahead = record.context.merge(VersionVector.of({other: 1000}))  # a client that read newer replicas
+            assert versions.live_values(await replica.write(b"k", b"v2", ahead)) == [b"v2"]
+
+    run(main())

@@ -25,6 +25,10 @@ from typing import Any
 
 from ringkv.cluster.ids import NodeId
 
+# Generations are milliseconds since the epoch (~2**41 today); a peer claiming more than this is broken or
+# hostile, and adopting it (our generation moves past any echo of ourselves) would overflow the wire format.
+MAX_FRESHNESS = 2**52
+
 
 class Status(enum.StrEnum):
     JOINING = "joining"
@@ -72,6 +76,8 @@ class MemberState:
             raise ValueError(f"malformed member state: {e!r}") from None
         if not state.node_id or not (math.isfinite(state.capacity) and state.capacity > 0):
             raise ValueError("malformed member state: empty id or capacity not a positive number")
+        if not (0 <= state.generation < MAX_FRESHNESS and 0 <= state.version < MAX_FRESHNESS):
+            raise ValueError("malformed member state: generation or version out of range")
         if not all(-(2**63) <= t < 2**63 for t in state.tokens):
             raise ValueError("malformed member state: a token outside the signed 64-bit range")
         return state

@@ -1,8 +1,13 @@
 """The coordinator: turns one client request into replica requests and quorum decisions.
 
-Writes: the first live node of the key's preference list coordinates (another node forwards the request to
-it), as in Dynamo. The coordinator applies the write to its own record (creating the new version from its
-local state and the request's context), then sends the resulting record to the other replicas, which merge
+Writes: a replica of the key coordinates: the node that received the request when it is one, else the first
+healthy replica in preference-list order, to which it forwards the request (Dynamo has the first live node
+coordinate; letting any replica do it costs at most N actors in a key's context and saves most forwards and
+every wait on a sick first replica). "Healthy" is up by gossip and not *silent*: a peer whose oldest call in
+flight has waited `suspect_after_s` (0.3 s) with nothing heard from it since is tried last, so a paused or
+cut-off node stops receiving forwards long before the failure detector convicts it. The coordinator applies
+the write to its own record (creating the new version from its local state and the request's context), then
+sends the resulting record to the other replicas, which merge
 it. A replica that is down, or that fails, is replaced by the next healthy node past the preference list,
 which stores the record as a durable hint for it (sloppy quorum: hints count toward W). With no such node
 free, the coordinator keeps the hint itself (delivered just the same, but not counted toward W). No hint is
@@ -72,6 +77,7 @@ class QuorumSettings:
     read_quorum: int = 2
     write_quorum: int = 2
     timeout_s: float = 2.0  # one replica request
+    suspect_after_s: float = 0.3  # a peer silent this long with a call waiting is tried last
 
     @property
     def write_budget_s(self) -> float:
@@ -132,6 +138,7 @@ class Coordinator:
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[Any]] = set()
         self._owed: set[_Owed] = set()
+        self._writes: set[asyncio.Task[Any]] = set()  # coordinate_write calls in flight
         self._delivering = asyncio.Lock()  # one delivery pass at a time, or a hint is sent and removed twice
         self._last_mismatch_log = 0.0
 
@@ -142,10 +149,18 @@ class Coordinator:
             return ()
         return self.ring.preference_list(token_for(key), self.settings.replication)
 
+    def silent(self, node: NodeId) -> bool:
+        """Up by gossip but not answering lately: tried after the others (see the module docstring)."""
+        return node != self.node_id and self.peers.silent_for(node) > self.settings.suspect_after_s
+
+    def healthy_first(self, nodes: list[NodeId]) -> list[NodeId]:
+        """`nodes` that are up, the silent ones last (stable: ring order otherwise)."""
+        return sorted((n for n in nodes if self.is_up(n)), key=self.silent)
+
     def fallbacks(self, key: bytes, preference: tuple[NodeId, ...]) -> list[NodeId]:
-        """Healthy nodes past the preference list, in ring order (sloppy-quorum stand-ins)."""
+        """Healthy nodes past the preference list, in ring order, silent ones last (sloppy-quorum stand-ins)."""
         extended = self.ring.extended_preference_list(token_for(key), len(self.ring), self.settings.replication)
-        return [n for n in extended if n not in preference and self.is_up(n)]
+        return self.healthy_first([n for n in extended if n not in preference])
 
     def quorum(self, requested: int | None, default: int, name: str) -> int:
         """The quorum to reach: what was asked (or the default), never less."""
@@ -176,7 +191,7 @@ class Coordinator:
             log.warning("%s sent a request under ring %s; ours is %s (%d mismatches so far)", peer, theirs,
                         self.ring_digest, self.stats.ring_mismatches)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -186,17 +201,17 @@ class Coordinator:
 
     async def put(self, key: bytes, value: bytes | None, context: VersionVector | None, w: int | None) -> Record:
         """A client write (value None = delete). Returns the coordinator's resulting record."""
+        if not self.accepting:
+            raise NotReadyError(f"{self.node_id} is not taking writes (starting or stopping)")
         w_required = self.quorum(w, self.settings.write_quorum, "w")
         preference = self.preference(key)
         if len(preference) < w_required:
             self.stats.quorum_failures += 1
             raise QuorumUnavailableError(w_required, 0)
         budget_s = self.settings.write_budget_s
-        for node in preference:
-            if node == self.node_id:
-                return await self.coordinate_write(key, value, context, w_required, preference, budget_s)
-            if not self.is_up(node):
-                continue
+        if self.node_id in preference:
+            return await self.coordinate_write(key, value, context, w_required, preference, budget_s)
+        for node in self.healthy_first(list(preference)):
             self.stats.forwarded += 1
             try:
                 reply = await self.call(node, "coordinate", {
@@ -234,7 +249,9 @@ class Coordinator:
             self.stats.not_replica_refusals += 1
             raise NotReplicaError(f"{self.node_id} is not a replica of the key (preference {list(preference)})")
         context = None if body["context"] is None else versions.decode_context(body["context"])
-        budget_s = min(self.settings.write_budget_s, max(0.0, float(body.get("budget_ms", 0)) / 1000))
+        budget_ms = body.get("budget_ms")  # absent from a sender that predates budgets: our own
+        budget_s = self.settings.write_budget_s if budget_ms is None else \
+            min(self.settings.write_budget_s, max(0.0, float(budget_ms) / 1000))
         record = await self.coordinate_write(key, None if value is None else bytes(value), context, w,
                                              preference, budget_s)
         return versions.encode_record(record)
@@ -247,12 +264,26 @@ class Coordinator:
         if len(preference) < w_required:
             self.stats.quorum_failures += 1
             raise QuorumUnavailableError(w_required, 0)
+        task = asyncio.current_task()
+        assert task is not None
+        self._writes.add(task)  # `stop` waits for writes in flight before it settles what is owed
+        try:
+            return await self._coordinate(key, value, context, w_required, preference, deadline)
+        finally:
+            self._writes.discard(task)
+
+    async def _coordinate(self, key: bytes, value: bytes | None, context: VersionVector | None,
+                          w_required: int, preference: tuple[NodeId, ...], deadline: float) -> Record:
         record = await self.replica.write(key, value, context)  # local, durable: the first ack
         encoded = versions.encode_record(record)
+        # Owed from this moment (not from when the background task first runs): a stop that cancels the task
+        # before it starts still keeps the write as hints.
+        owed = _Owed(key, encoded, {n for n in preference if n != self.node_id})
+        self._owed.add(owed)
         tally = WriteTally(required=w_required, asked=len(preference))
         tally.ack(self.node_id)
         if tally.succeeded:
-            self._spawn(self._replicate_rest(key, encoded, preference, None))
+            self.spawn(self._replicate_rest(owed, preference, None))
             return record
         done = asyncio.Event()
 
@@ -261,7 +292,7 @@ class Coordinator:
             if tally.succeeded or tally.impossible:
                 done.set()
 
-        self._spawn(self._replicate_rest(key, encoded, preference, settle))
+        self.spawn(self._replicate_rest(owed, preference, settle))
         try:
             async with asyncio.timeout_at(deadline):
                 await done.wait()
@@ -272,12 +303,11 @@ class Coordinator:
             raise QuorumUnavailableError(w_required, len(tally.acked))
         return record
 
-    async def _replicate_rest(self, key: bytes, encoded: bytes, preference: tuple[NodeId, ...],
+    async def _replicate_rest(self, owed: _Owed, preference: tuple[NodeId, ...],
                               settle: Callable[[NodeId, bool], None] | None) -> None:
         """Send the record to every other replica; a failed one is replaced by a hinted fallback."""
         fallbacks: list[NodeId] | None = None  # walked only when a replica fails (rarely)
-        owed = _Owed(key, encoded, {n for n in preference if n != self.node_id})
-        self._owed.add(owed)
+        key, encoded = owed.key, owed.encoded
 
         async def one(node: NodeId) -> None:
             ok = False
@@ -370,7 +400,7 @@ class Coordinator:
             raise QuorumUnavailableError(r_required, len(tally.replies), "read")
         merged = tally.merged()
         if len(preference) > 1:
-            self._spawn(self._read_repair(key, asks, tally))
+            self.spawn(self._read_repair(key, asks, tally))
         return merged
 
     async def _read_repair(self, key: bytes, asks: list[asyncio.Task[None]], tally: ReadTally) -> None:
@@ -400,9 +430,13 @@ class Coordinator:
         """Deliver every pending hint to its target when the target is up (continuously, until none are
         left, within the byte-rate limit); drop the hints of targets down longer than the hint window.
         Returns how many were delivered."""
-        async with self._delivering:
-            counts = await asyncio.gather(*(self._deliver_to(t) for t in list(self.hints.pending)))
-            return sum(counts)
+        async with self._delivering:  # every per-target delivery ends before the lock is released
+            results = await asyncio.gather(*(self._deliver_to(t) for t in list(self.hints.pending)),
+                                           return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("hint delivery failed: %r", result)
+        return sum(r for r in results if isinstance(r, int))
 
     async def _deliver_to(self, target: NodeId) -> int:
         if target == self.node_id:  # a hint for ourselves (the ring moved while it waited): merge it here
@@ -430,9 +464,13 @@ class Coordinator:
         then keep whatever is still owed as durable local hints, delivered after the restart."""
         self.accepting = False
         drain_s = self.settings.write_budget_s if drain_s is None else drain_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        if self._writes:  # writes that passed the check before we stopped: let them register what they owe
+            await asyncio.wait(list(self._writes), timeout=drain_s)
         pending = list(self._background)
         if pending:
-            await asyncio.wait(pending, timeout=drain_s)
+            await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -26,7 +26,7 @@ from typing import Any
 from ringkv.cluster.failure_detector import PhiAccrualFailureDetector, PhiConfig
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState
-from ringkv.net.transport import PeerClient, Peers, RemoteError, TransportError
+from ringkv.net.transport import SEED_PREFIX, PeerClient, Peers, RemoteError, TransportError
 
 log = logging.getLogger("ringkv.gossip")
 
@@ -147,10 +147,10 @@ class Gossiper:
             chosen.append(self._rng.choice(down))
         clients = [self.peers.get(s.node_id, s.host, s.peer_port) for s in chosen]
         if self.seeds and not self.announce:
-            clients.extend(self.peers.get(f"seed:{host}:{port}", host, port) for host, port in self.seeds)
+            clients.extend(self.peers.get(f"{SEED_PREFIX}{host}:{port}", host, port) for host, port in self.seeds)
         elif self.seeds and (not live or self._rng.random() < 0.25):
             host, port = self._rng.choice(self.seeds)
-            clients.append(self.peers.get(f"seed:{host}:{port}", host, port))
+            clients.append(self.peers.get(f"{SEED_PREFIX}{host}:{port}", host, port))
         return clients
 
     async def round(self) -> None:

@@ -3,7 +3,8 @@
 Hints live in their own storage engine under `DATA_DIR/hints` (durability `sync`: a hint is fsynced before
 it counts as an acknowledgement). Key and value::
 
-    key   := target_node_id (UTF-8)  0x00  sequence:u64 (big-endian; from the wall clock at startup, then +1)
+    key   := target_node_id (UTF-8)  0x00  sequence:u64 (big-endian; from the wall clock at startup or past the
+             highest stored one, whichever is larger, then +1)
     value := msgpack [data_key: bin, record: bin (versions.encode_record), created_ms: int]
 
 so one target's hints are one contiguous, time-ordered key range.
@@ -132,6 +133,8 @@ class HintStore:
             size = 0
             bad: list[tuple[bytes, str]] = []
             for hint_key, value in self.engine.engine.scan():
+                if len(hint_key) >= _SEQ.size:  # never reuse a sequence, whatever the clock did meanwhile
+                    self._seq = max(self._seq, _SEQ.unpack(hint_key[-_SEQ.size:])[0])
                 try:
                     hint = _decode(hint_key, value)
                 except CorruptHint as e:

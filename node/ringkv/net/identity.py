@@ -3,7 +3,8 @@
 Format 2 (JSON; replaced atomically: temporary file, fsync, rename, directory fsync)::
 
     {"format": 2, "node_id": str, "incarnation": str (hex), "tokens": [int, ...], "generation": int,
-     "running": bool, "peers": [member state, as gossip's MemberState.to_wire, ...]}
+     "running": bool, "durability": "sync" | "batch" | "off" (of the run that wrote it),
+     "peers": [member state, as gossip's MemberState.to_wire, ...]}
 
 Format 1 (before incarnations: `{"node_id", "tokens"}`) still loads; it has no incarnation, so the node takes
 one. An unreadable file is an error (the node refuses to start rather than guess who it is).
@@ -11,8 +12,9 @@ one. An unreadable file is an error (the node refuses to start rather than guess
 The rules (`decide`, pure):
 
 - **Incarnation.** Kept only when the file names this node id and holds one, and the previous run stopped
-  cleanly or the commit log fsyncs before every acknowledgement (`sync`: then a crash loses only writes
-  nobody was told of or shown). Otherwise — a new or wiped data directory, a format 1 file, an unclean stop
+  cleanly or that run's commit log fsynced before every acknowledgement (`sync`: then a crash loses only
+  writes nobody was told of or shown; it is the durability of the run that stopped that counts, not this
+  one's). Otherwise — a new or wiped data directory, a format 1 file, an unclean stop
   under `batch`/`off` durability — a new random incarnation: the node's dots get a new actor
   (`ids.actor`), so none of them can repeat one its peers have already seen.
 - **Generation** (gossip's restart counter): `max(saved + 1, now_ms)`, persisted before the first gossip, so
@@ -52,11 +54,13 @@ class Identity:
     generation: int = 0
     running: bool = False
     peers: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
+    durability: str = "sync"
 
     def to_json(self) -> bytes:
         return json.dumps({
             "format": FORMAT, "node_id": self.node_id, "incarnation": self.incarnation,
             "tokens": list(self.tokens), "generation": self.generation, "running": self.running,
+            "durability": self.durability,
             "peers": [dict(p) for p in self.peers],
         }, sort_keys=True).encode()
 
@@ -71,17 +75,17 @@ class Decision:
     reason: str  # why the incarnation was kept or renewed (for the log)
 
 
-def decide(saved: Mapping[str, Any] | None, node_id: str, sync_durability: bool, now_ms: int,
+def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_ms: int,
            fresh_incarnation: str) -> Decision:
-    """The identity this start runs under, from what `node.json` held (None: no file)."""
+    """The identity this start runs under (with `durability`), from what `node.json` held (None: no file)."""
     if saved is None:
         reason = "new data directory"
     elif saved.get("node_id") != node_id:
         reason = f"the data directory belonged to node {saved.get('node_id')!r}"
     elif not saved.get("incarnation"):
         reason = "the data directory predates incarnations"
-    elif saved.get("running") and not sync_durability:
-        reason = "the previous run did not stop cleanly and durability is not sync"
+    elif saved.get("running") and saved.get("durability") != "sync":
+        reason = f"the previous run did not stop cleanly and its durability was {saved.get('durability')}"
     else:
         reason = ""
     same_node = saved is not None and saved.get("node_id") == node_id
@@ -89,11 +93,11 @@ def decide(saved: Mapping[str, Any] | None, node_id: str, sync_durability: bool,
     peers = tuple(p for p in (saved or {}).get("peers") or () if isinstance(p, dict)) if same_node else ()
     generation = max(int((saved or {}).get("generation") or 0) + 1, now_ms) if same_node else now_ms
     if reason:
-        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers)
+        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability)
         return Decision(identity, True, reason)
-    identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers)
+    identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers, durability)
     return Decision(identity, False, "the previous run stopped cleanly" if not (saved or {}).get("running")
-                    else "durability is sync")
+                    else "the previous run's durability was sync")
 
 
 def new_incarnation() -> str:

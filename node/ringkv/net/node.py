@@ -84,8 +84,8 @@ class ClusterNode:
 
     async def _open_identity(self) -> None:
         saved = await asyncio.to_thread(identity.load, self._identity_path)
-        decision = identity.decide(saved, self.node_id, Durability(self.config.durability) is Durability.SYNC,
-                                   time.time_ns() // 1_000_000, identity.new_incarnation())
+        decision = identity.decide(saved, self.node_id, self.config.durability, time.time_ns() // 1_000_000,
+                                   identity.new_incarnation())
         self.identity = decision.identity
         await self._persist_identity()
         self.replica.actor = ids.actor(self.node_id, self.identity.incarnation)
@@ -157,7 +157,8 @@ class ClusterNode:
         limiter = RateLimiter(cfg.hint_delivery_mb_s * 1024 * 1024 if cfg.hint_delivery_mb_s > 0 else None)
         self.coordinator = Coordinator(
             self.node_id, self.replica, self.peers, self.hints,
-            QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s),
+            QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s,
+                           cfg.suspect_after_s),
             self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
             down_for=self.gossiper.down_for, hint_limiter=limiter,
         )
@@ -233,8 +234,8 @@ class ClusterNode:
 
     def _transition(self, node: NodeId, up: bool) -> None:
         self._on_transition(node, up)
-        if up and self.hints.pending.get(node):
-            asyncio.get_running_loop().create_task(self.coordinator.deliver_hints())
+        if up and self.hints.pending.get(node) and self.coordinator.accepting:
+            self.coordinator.spawn(self.coordinator.deliver_hints())  # tracked: a stop waits for or cancels it
 
     def _rebuild_ring(self) -> None:
         try:

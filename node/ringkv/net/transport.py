@@ -13,7 +13,8 @@ One connection per peer pair direction; many requests share it, matched by `requ
 soon as its handler finishes (handlers run concurrently, bounded per connection). A frame over the limit is
 refused by its sender (a request fails with TransportError, a response becomes error `frame_too_large`) and,
 if received, drops the connection. A node refuses connections whose hello names another cluster. Every call
-has a timeout; a lost connection fails every pending call on it and the next call reconnects.
+has a timeout; a lost connection fails every pending call on it and the next call reconnects. A client made
+for a known node id refuses a welcome from another node (stale DNS, a reused address).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -39,6 +41,7 @@ MAX_PENDING_CALLS = 4096  # per peer: past this a call fails at once instead of 
 _LEN = struct.Struct(">I")
 _REQUEST, _RESPONSE = 0, 1
 
+SEED_PREFIX = "seed:"  # Peers keys of seed addresses, whose node id is not known in advance
 Handler = Callable[[Any, str], Awaitable[Any]]  # (body, calling node id) -> reply body
 
 
@@ -193,9 +196,11 @@ class TransportServer:
 class PeerClient:
     """Calls to one peer over one persistent connection."""
 
-    def __init__(self, cluster: str, node_id: str, host: str, port: int, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, cluster: str, node_id: str, host: str, port: int, connect_timeout_s: float = 2.0,
+                 expect: str | None = None) -> None:
         self.cluster = cluster
         self.node_id = node_id
+        self.expect = expect  # the node id that must answer the handshake (None: any, e.g. a seed address)
         self.host, self.port = host, port
         self._connect_timeout_s = connect_timeout_s
         self._ids = itertools.count(1)
@@ -204,6 +209,17 @@ class PeerClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
         self.remote_node: str | None = None
+        self.last_heard = time.monotonic()  # when the peer last answered anything (or we connected)
+        self._sent_at: dict[int, float] = {}  # calls in flight, in the order they were made -> when
+
+    def silent_for(self, now: float | None = None) -> float:
+        """How long the oldest call in flight has waited with nothing at all heard from the peer since (0 when
+        no call is waiting): a peer that has stopped answering (paused, cut off) shows within a fraction of
+        a second, long before the failure detector convicts it."""
+        if not self._sent_at:
+            return 0.0
+        oldest = next(iter(self._sent_at.values()))
+        return max(0.0, (time.monotonic() if now is None else now) - max(oldest, self.last_heard))
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._connecting:
@@ -222,7 +238,11 @@ class PeerClient:
                 writer.close()
                 reason = answer.get("reason") if isinstance(answer, dict) else "bad answer"
                 raise NotDeliveredError(f"{self.host}:{self.port} refused us: {reason}")
+            if self.expect is not None and answer.get("node") != self.expect:
+                writer.close()  # stale DNS, a reused address: its acknowledgements would count for another node
+                raise NotDeliveredError(f"{self.host}:{self.port} is {answer.get('node')!r}, not {self.expect!r}")
             self.remote_node = str(answer.get("node"))
+            self.last_heard = time.monotonic()
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_responses(reader))
             return writer
@@ -234,6 +254,7 @@ class PeerClient:
                 frame = await _read_frame(reader)
                 if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _RESPONSE:
                     raise TransportError("malformed response frame")
+                self.last_heard = time.monotonic()
                 future = self._pending.pop(frame[1], None)
                 if future is None or future.done():
                     continue
@@ -265,6 +286,7 @@ class PeerClient:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         frame = _pack([_REQUEST, request_id, method, body])
         sent = False
+        self._sent_at[request_id] = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
                 writer = await self._connect()
@@ -280,6 +302,7 @@ class PeerClient:
             raise TransportError(f"{method} to {self.host}:{self.port} failed: {e!r}") from None
         finally:
             self._pending.pop(request_id, None)
+            self._sent_at.pop(request_id, None)
 
     async def close(self) -> None:
         if self._reader_task is not None:
@@ -308,9 +331,15 @@ class Peers:
                 task = asyncio.get_running_loop().create_task(client.close())
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
-            client = PeerClient(self.cluster, self.node_id, host, port)
+            expect = None if node_id.startswith(SEED_PREFIX) else node_id
+            client = PeerClient(self.cluster, self.node_id, host, port, expect=expect)
             self._clients[node_id] = client
         return client
+
+    def silent_for(self, node_id: str) -> float:
+        """`PeerClient.silent_for` of our client for `node_id` (0 when we have none)."""
+        client = self._clients.get(node_id)
+        return 0.0 if client is None else client.silent_for()
 
     async def close(self) -> None:
         for client in self._clients.values():

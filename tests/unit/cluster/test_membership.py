@@ -191,3 +191,13 @@ def _malformed() -> list[tuple[str, Any]]:
 def test_from_wire_rejects_malformed_states(doc: Any) -> None:
     with pytest.raises(ValueError, match="malformed member state"):
         MemberState.from_wire(doc)
+
+
+def test_a_generation_beyond_any_clock_is_refused() -> None:
+    # Review finding: an echo of our own id at a generation near 2**64 made ours overflow the wire format, and
+    # the value was persisted, wedging gossip across restarts.
+    doc = state(A, 1, 1).to_wire()
+    with pytest.raises(ValueError, match="out of range"):
+        MemberState.from_wire({**doc, "gen": 2**63})
+    with pytest.raises(ValueError, match="out of range"):
+        MemberState.from_wire({**doc, "ver": -1})

@@ -503,3 +503,23 @@ def test_a_store_accepts_hints_for_a_target_down_up_to_the_window(tmp_path: Path
             assert not store.accepts(WINDOW_S + 0.001)
 
     run(main())
+
+
+def test_sequences_continue_past_the_stored_ones_whatever_the_clock(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding: the sequence came from the wall clock at start; a restart whose clock fell within the
+    # previous run's range overwrote stored hints (which count toward W).
+    import ringkv.net.hints as hints_module
+
+    start = 1_800_000_000_000_000_000
+    monkeypatch.setattr(hints_module.time, "time_ns", lambda: start)
+
+    async def main() -> None:
+        async with hint_store(tmp_path / "hints") as store:
+            for i in range(3):
+                await store.store(A, b"k%d" % i, b"r%d" % i)  # sequences start+1..start+3
+        async with hint_store(tmp_path / "hints") as again:  # the clock reads the same again
+            await again.store(A, b"new", b"r")
+            assert len(await again.batch(A)) == 4  # nothing overwritten
+
+    run(main())

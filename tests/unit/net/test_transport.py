@@ -16,7 +16,15 @@ import pytest
 
 from ringkv.errors import QuorumUnavailableError
 from ringkv.net import transport
-from ringkv.net.transport import Handler, PeerClient, Peers, RemoteError, TransportError, TransportServer
+from ringkv.net.transport import (
+    Handler,
+    NotDeliveredError,
+    PeerClient,
+    Peers,
+    RemoteError,
+    TransportError,
+    TransportServer,
+)
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -269,14 +277,57 @@ def test_peers_follow_address_changes() -> None:
         async with serving() as (_, port1), serving() as (_, port2):
             peers = Peers(CLUSTER, "me")
             try:
-                first = peers.get("n1", HOST, port1)
-                assert peers.get("n1", HOST, port1) is first
+                first = peers.get("server", HOST, port1)
+                assert peers.get("server", HOST, port1) is first
                 assert (await first.call("echo", 1, timeout_s=2.0))["peer"] == "me"
-                moved = peers.get("n1", HOST, port2)
+                moved = peers.get("server", HOST, port2)
                 assert moved is not first and moved.port == port2
                 assert (await moved.call("echo", 2, timeout_s=2.0))["body"] == 2
             finally:
                 await peers.close()
+
+    run(main())
+
+
+def test_a_client_for_a_node_refuses_another_node_answering_at_its_address() -> None:
+    # Review finding: with stale DNS or a reused address, another node's acknowledgements counted for this one.
+    async def main() -> None:
+        async with serving() as (_, port):
+            peers = Peers(CLUSTER, "me")
+            try:
+                with pytest.raises(NotDeliveredError, match="not 'n1'"):
+                    await peers.get("n1", HOST, port).call("echo", 1, timeout_s=2.0)
+                seed = peers.get(transport.SEED_PREFIX + f"{HOST}:{port}", HOST, port)  # any node may answer
+                assert (await seed.call("echo", 1, timeout_s=2.0))["body"] == 1
+            finally:
+                await peers.close()
+
+    run(main())
+
+
+def test_silence_shows_when_a_peer_stops_answering() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def stuck(body: Any, peer: str) -> Any:
+            await gate.wait()
+            return body
+
+        server = TransportServer(CLUSTER, "server", {"stuck": stuck, "echo": stuck})
+        port = await server.start(HOST, 0)
+        client = PeerClient(CLUSTER, "me", HOST, port)
+        try:
+            assert client.silent_for() == 0.0
+            call = asyncio.create_task(client.call("stuck", 1, timeout_s=5.0))
+            while client.silent_for(time.monotonic() + 1.0) == 0.0:  # noqa: ASYNC110 -- until it is in flight
+                await asyncio.sleep(0)
+            assert client.silent_for(time.monotonic() + 1.0) > 0.9  # a second later, nothing heard: silent
+            gate.set()
+            assert await call == 1
+            assert client.silent_for() == 0.0
+        finally:
+            await client.close()
+            await server.stop()
 
     run(main())
 
