@@ -1,5 +1,5 @@
 # Shortcuts; the README's commands (bash tools/run, bash tools/test) work without make.
-.PHONY: run down test lint bench bench-http bench-compare manifests clean
+.PHONY: run down test lint bench bench-http bench-compare faults manifests clean
 run:
 	bash tools/run
 down:
@@ -14,6 +14,8 @@ bench-http:  ## one node over HTTP next to an aiohttp hello-world
 	bash tools/bootstrap && .venv/bin/python bench/http_node.py
 bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis (installs them when missing)
 	bash tools/bootstrap && .venv/bin/python bench/compare.py
+faults:  ## the nemesis soak: 5 seeds x 150 s, 5 nodes in network namespaces (root); SEEDS=, DURATION= override
+	bash tools/bootstrap && .venv/bin/python bench/faults.py --seeds $(or $(SEEDS),5) --duration $(or $(DURATION),150)
 manifests:  ## regenerate manifests/ from the chart
 	bash tools/bootstrap && .venv/bin/python tools/render-manifests
 clean:

@@ -5,7 +5,8 @@
   (so values stay far below the 10 KB limit), then its slot moves on to a fresh key.
 - *register*: `clients` clients write unique keys once, blind, each with a unique value.
 
-Every request goes to a node picked at random from `urls` and is recorded as an `Op` (see `history`).
+Each client sends its requests to one node of `urls` (`affinity`, the default: client i to node i mod n), or
+every request to a node picked at random; each is recorded as an `Op` (see `history`).
 After `duration_s`: wait until no node has hints pending (up to `settle_s`), then read every key with
 `final_r` (default: the replication factor, so every replica answers and read repair runs), retrying a
 failed read until the settle deadline.
@@ -41,6 +42,9 @@ class CheckPlan:
     settle_s: float = 60.0
     prefix: str = ""  # default: check-<random>
     seed: int | None = None
+    # Each client sends to one node (client i to urls[i % n]), so a node that stops answering holds up only its
+    # own clients and the others keep measuring the rest of the cluster; False: every request to a random node.
+    affinity: bool = True
 
 
 @dataclass
@@ -123,7 +127,9 @@ class Runner:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return 0, None, False
 
-    def _url(self) -> str:
+    def _url(self, client: int) -> str:
+        if self.plan.affinity and client >= 0:
+            return self.plan.urls[client % len(self.plan.urls)]
         return self.rng.choice(self.plan.urls)
 
     def _quorum(self, name: str, value: int | None) -> dict[str, str]:
@@ -132,7 +138,7 @@ class Runner:
     async def read(self, client: int, key: str, url: str | None = None, r: int | None = None,
                    record: bool = True) -> tuple[Outcome, list[Any], str | None]:
         """GET: (outcome, the sibling values, the context)."""
-        url = url or self._url()
+        url = url or self._url(client)
         start = self.now()
         status, doc, refused = await self._call("GET", url + "/api/v1/getValue",
                                                 {"key": key, **self._quorum("r", r or self.plan.r)})
@@ -151,7 +157,7 @@ class Runner:
 
     async def put(self, client: int, kind: Kind, key: str, element: str, value: Any,
                   context: str | None) -> Outcome:
-        url = self._url()
+        url = self._url(client)
         body: dict[str, Any] = {"key": key, "value": value}
         if context is not None:
             body["context"] = context
@@ -202,7 +208,7 @@ class Runner:
             if "set" in plan.workloads:
                 tasks += [self._set_client(i, slots, until) for i in range(plan.clients)]
             if "register" in plan.workloads:
-                tasks += [self._register_client(1000 + i, until) for i in range(plan.clients)]
+                tasks += [self._register_client(plan.clients + i, until) for i in range(plan.clients)]
             await asyncio.gather(*tasks)
             set_keys = sorted(set(slots.keys) | {slots.key(i) for i in range(plan.set_keys)}) \
                 if "set" in plan.workloads else []

@@ -1,0 +1,226 @@
+"""Real `ringkv node` processes, one inside each namespace of a `netns.Network`.
+
+Node i (0-based) is `n{i+1}`, listens on 10.77.X.(i+1):8080 (HTTP) and :7070 (peers) inside `rkv<pid>-n<i>`,
+seeds are the first two nodes, tokens come from `ringkv.local.plan` (a balanced ring), replication 3,
+durability sync, gossip every 0.5 s. Data lives in RUN_DIR/nodes/n{i+1}/, stdout and stderr go to
+RUN_DIR/logs/n{i+1}.log (appended across restarts, each start marked).
+
+Readiness is polled from the root namespace (its bridge address routes there; every URL is checked by
+`Network.check_url` first), with a deadline, through an opener that ignores any proxy settings. Faults:
+`kill9` + `start` (same data dir), `pause` (SIGSTOP) / `resume` (SIGCONT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringkv import local
+from tests.faults.netns import Network
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_SRC = REPO / "node"
+HTTP_PORT = 8080
+PEER_PORT = 7070
+GOSSIP_INTERVAL_S = 0.5
+REPLICATION = 3
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+@dataclass
+class NetNode:
+    index: int
+    node_id: str
+    host: str
+    data_dir: Path
+    log_path: Path
+    tokens: list[int]
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    starts: int = 0
+    killed: bool = False  # the current process was SIGKILLed on purpose
+    unexpected_exits: list[str] = field(default_factory=list)  # exits nobody asked for ("code 1 at 12:03:04")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{HTTP_PORT}"
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{PEER_PORT}"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class NetCluster:
+    def __init__(self, net: Network, run_dir: Path, extra_args: list[str] | None = None) -> None:
+        self.net = net
+        self.run_dir = run_dir
+        self.extra_args = list(extra_args or [])
+        planned = local.plan(str(run_dir / "nodes"), net.size, HTTP_PORT, REPLICATION)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.nodes = [NetNode(i, p.node_id, net.addr(i), Path(p.data_dir), run_dir / "logs" / f"{p.node_id}.log",
+                              list(p.tokens)) for i, p in enumerate(planned)]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self.net.check_url(n.url) for n in self.nodes)
+
+    def seeds(self) -> str:
+        return ",".join(n.peer for n in self.nodes[:2])
+
+    def command(self, node: NetNode) -> list[str]:
+        return self.net.exec_argv(node.index, [
+            python(), "-m", "ringkv.cli", "node", "--host", node.host, "--port", str(HTTP_PORT),
+            "--peer-port", str(PEER_PORT), "--node-id", node.node_id, "--seeds", self.seeds(),
+            "--tokens=" + ",".join(map(str, node.tokens)), "--replication-factor", str(REPLICATION),
+            "--durability", "sync", "--gossip-interval-s", str(GOSSIP_INTERVAL_S), "--data-dir", str(node.data_dir),
+            *self.extra_args,
+        ])
+
+    # -- processes --------------------------------------------------------------------------------------------
+
+    def note_exit(self, node: NetNode) -> str | None:
+        """If `node`'s process ended without `kill9`, note it (once) and return the note."""
+        if node.process is None or node.process.poll() is None or node.killed:
+            return None
+        note = f"code {node.process.returncode} (start {node.starts}), noticed at {time.strftime('%H:%M:%S')}"
+        node.unexpected_exits.append(note)
+        node.killed = True  # noted: not again for this process
+        return note
+
+    def unexpected_exits(self) -> dict[str, list[str]]:
+        for node in self.nodes:
+            self.note_exit(node)
+        return {n.node_id: list(n.unexpected_exits) for n in self.nodes if n.unexpected_exits}
+
+    def start(self, node: NetNode) -> None:
+        if node.running():
+            return
+        self.note_exit(node)
+        self.net.check_url(node.url)  # routed via the bridge before the node (or we) send anything
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NODE_SRC), env.get("PYTHONPATH", "")]))
+        with open(node.log_path, "ab") as log:
+            node.starts += 1
+            log.write(f"===== start {node.starts} of {node.node_id} at {time.strftime('%H:%M:%S')} "
+                      f"({time.time():.3f}) =====\n".encode())
+            log.flush()
+            node.process = subprocess.Popen(self.command(node), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        node.paused = False
+        node.killed = False
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            self.start(node)
+
+    def kill9(self, node: NetNode) -> None:
+        """SIGKILL (a paused node too) and wait until the process is gone."""
+        if node.process is None:
+            return
+        self.note_exit(node)
+        node.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.process.wait(timeout=10.0)
+        node.paused = False
+
+    def pause(self, node: NetNode) -> None:
+        if node.running():
+            node.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            node.paused = True
+
+    def resume(self, node: NetNode) -> None:
+        if node.running():
+            node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        node.paused = False
+
+    def stop_all(self) -> None:
+        """SIGCONT + SIGKILL every node, waiting (bounded) for each to be gone."""
+        for node in self.nodes:
+            self.note_exit(node)
+            node.killed = True
+            if node.running():
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                    node.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        for node in self.nodes:
+            self.kill9(node)
+
+    # -- readiness --------------------------------------------------------------------------------------------
+
+    def get_json(self, node: NetNode, path: str, timeout_s: float = 1.0) -> tuple[int, Any]:
+        """(status, parsed body) of GET node.url+path; status 0 when no answer."""
+        url = self.net.check_url(node.url + path)
+        try:
+            with _NO_PROXY.open(url, timeout=timeout_s) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, None
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, None
+
+    def wait_ready(self, nodes: list[NetNode] | None = None, timeout_s: float = 60.0) -> None:
+        waiting = list(nodes if nodes is not None else self.nodes)
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / 0.1) + 100):
+            waiting = [n for n in waiting if self.get_json(n, "/ready")[0] != 200]
+            if not waiting:
+                return
+            for n in waiting:
+                if not n.running():
+                    raise RuntimeError(f"{n.node_id} exited (code {n.process and n.process.returncode}); "
+                                       f"see {n.log_path}:\n{self.log_tail(n)}")
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise TimeoutError(f"not ready after {timeout_s:.0f}s: {', '.join(n.node_id for n in waiting)}")
+
+    def wait_converged(self, timeout_s: float = 30.0) -> None:
+        """Until every running node sees every running node up and `normal`."""
+        expected = {n.node_id for n in self.nodes if n.running()}
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / 0.1) + 100):
+            docs = [self.get_json(n, "/admin/v1/members")[1] for n in self.nodes if n.running()]
+            if all(isinstance(d, dict) and {m["node_id"] for m in d.get("members", [])
+                                            if m.get("up") and m.get("status") == "normal"} >= expected
+                   for d in docs):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise TimeoutError(f"gossip did not converge within {timeout_s:.0f}s")
+
+    def log_tail(self, node: NetNode, lines: int = 40) -> str:
+        try:
+            with open(node.log_path, errors="replace") as f:
+                tail = f.readlines()[-lines:]
+        except OSError as e:
+            return f"(no log: {e})"
+        return "".join(line[:400].rstrip() + "\n" for line in tail)
+
+    def node(self, node_id: str) -> NetNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
