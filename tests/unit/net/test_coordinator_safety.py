@@ -46,14 +46,32 @@ def _delayed(handler: Any, delay_s: float) -> Any:
     return slow
 
 
+def _held(server: Any, method: str) -> asyncio.Event:
+    """Make `server` answer `method` only once the returned event is set (a paused or stuck peer)."""
+    gate = asyncio.Event()
+    handler = server.handlers[method]
+
+    async def held(body: Any, peer: str) -> Any:
+        await gate.wait()
+        return await handler(body, peer)
+
+    server.handlers[method] = held
+    return gate
+
+
+def _outside(cluster: Any) -> tuple[NodeId, bytes, tuple[NodeId, ...]]:
+    """n3 of a 4-node cluster, a key it is not a replica of, and that key's preference list."""
+    outsider = NodeId("n3")
+    key = key_where(cluster, lambda pref: outsider not in pref)
+    return outsider, key, cluster.preference(key)
+
+
 def test_a_slow_replica_does_not_make_a_forwarded_write_apply_twice(tmp_path: Path) -> None:
     # Defect 4: the forwarder gave up after one request timeout while the coordinator waited two for W (a
     # failed replica, then its hinted fallback), and re-sent the write to the next replica: two siblings.
     async def main() -> None:
         async with cluster_of(4, tmp_path) as cluster:
-            outsider = NodeId("n3")
-            key = key_where(cluster, lambda pref: outsider not in pref)
-            first, second, third = cluster.preference(key)
+            outsider, key, (first, second, third) = _outside(cluster)
             for node in (second, third):  # both other replicas answer only after the request timeout
                 server = cluster[node].server
                 server.handlers["replicate"] = _delayed(server.handlers["replicate"], SETTINGS.timeout_s * 1.2)
@@ -74,9 +92,7 @@ def test_a_forward_that_may_have_been_delivered_is_not_sent_to_a_second_coordina
     # retried on the next replica and so applied by two coordinators.
     async def main() -> None:
         async with cluster_of(4, tmp_path) as cluster:
-            outsider = NodeId("n3")
-            key = key_where(cluster, lambda pref: outsider not in pref)
-            first, second, _ = cluster.preference(key)
+            outsider, key, (first, second, _) = _outside(cluster)
             entry = cluster[outsider].coordinator
             server = cluster[first].server
             slow_by = SETTINGS.write_budget_s + SETTINGS.timeout_s + 0.5  # past the forwarder's deadline
@@ -101,9 +117,7 @@ def test_a_forwarded_write_reaching_a_non_replica_is_refused_and_rerouted(tmp_pa
     # was not a replica ("w=2 acknowledged" with one real replica holding it).
     async def main() -> None:
         async with cluster_of(4, tmp_path) as cluster:
-            outsider = NodeId("n3")
-            key = key_where(cluster, lambda pref: outsider not in pref)
-            first, second, third = cluster.preference(key)
+            outsider, key, (first, second, third) = _outside(cluster)
             # `first` believes it left the ring: in its own view it replicates nothing
             stale = cluster[first].coordinator
             stale.ring = Ring({info: toks for info, toks in cluster.ring.assignments().items()
@@ -127,22 +141,14 @@ def test_stop_keeps_replication_still_owed_as_hints(tmp_path: Path) -> None:
         async with cluster_of(3, tmp_path) as cluster:
             key = b"owed"
             first, second, third = cluster.preference(key)
-            gate = asyncio.Event()  # the other replicas take forever to answer
-            for node in (second, third):
-                server = cluster[node].server
-                handler = server.handlers["replicate"]
-
-                async def stuck(body: Any, peer: str, handler: Any = handler) -> Any:
-                    await gate.wait()
-                    return await handler(body, peer)
-
-                server.handlers["replicate"] = stuck
+            gates = [_held(cluster[node].server, "replicate") for node in (second, third)]  # they never answer
             coordinator = cluster[first].coordinator
             await coordinator.put(key, b"v", None, w=1)
             await coordinator.stop(drain_s=0.2)
             assert cluster[first].hints.pending == {second: 1, third: 1}
             assert coordinator.stats.hints_kept_at_shutdown == 2
-            gate.set()
+            for gate in gates:
+                gate.set()
 
     run(main())
 
@@ -186,19 +192,9 @@ def test_a_silent_replica_gets_no_more_forwards_long_before_gossip_convicts_it(t
     # judge it down): throughput fell to a few writes a second while one node of five was sick.
     async def main() -> None:
         async with cluster_of(4, tmp_path) as cluster:
-            outsider = NodeId("n3")
-            key = key_where(cluster, lambda pref: outsider not in pref)
-            first, second, _ = cluster.preference(key)
+            outsider, key, (first, second, _) = _outside(cluster)
             entry = cluster[outsider].coordinator
-            gate = asyncio.Event()
-            server = cluster[first].server
-            handler = server.handlers["coordinate"]
-
-            async def paused(body: Any, peer: str) -> Any:
-                await gate.wait()  # SIGSTOPped: it answers nothing
-                return await handler(body, peer)
-
-            server.handlers["coordinate"] = paused
+            gate = _held(cluster[first].server, "coordinate")  # SIGSTOPped: it answers nothing
             stuck = asyncio.create_task(entry.put(key, b"in flight at the pause", None, w=2))
             await until(lambda: _true(entry.silent(first)), "the first replica is seen silent", timeout_s=2.0)
             started = asyncio.get_running_loop().time()
@@ -224,13 +220,7 @@ def test_a_write_in_flight_when_the_node_stops_is_kept_as_hints(tmp_path: Path) 
             key = b"late"
             first, second, third = cluster.preference(key)
             for node in (second, third):  # replication cannot finish before the stop
-                server = cluster[node].server
-                never = asyncio.Event()
-
-                async def stuck(body: Any, peer: str, never: asyncio.Event = never) -> Any:
-                    await never.wait()
-
-                server.handlers["replicate"] = stuck
+                _held(cluster[node].server, "replicate")
             member = cluster[first]
             gate, entered = asyncio.Event(), asyncio.Event()
             original = member.replica.write
