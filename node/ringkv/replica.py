@@ -1,7 +1,14 @@
 """A node's versioned records on top of its storage engine.
 
 Keys are UTF-8 strings; each engine value is a `versions.Record` (siblings + causal context) in the record
-encoding of `ringkv.cluster.versions`. Writes coordinated here are read-modify-write cycles on the local
+encoding of `ringkv.cluster.versions`. Records are stored in token order, so that the records of a token range
+are one contiguous engine range (anti-entropy and streaming scan ranges, not the whole store)::
+
+    engine key := token:u64 (big-endian; the key's ring token + 2**63)  key (UTF-8)
+    b"layout"  := b"2"   (a 6-byte key no record key can equal: those are at least 9 bytes)
+
+A data directory written before the token layout (no `layout` key, records under their bare keys) is
+rewritten on open (`open_layout`), once. Writes coordinated here are read-modify-write cycles on the local
 record, serialised per key by an asyncio lock so two concurrent writes never derive from the same state
 (which would reuse a dot). Merging records that arrive from elsewhere (replication, repair, hints) goes
 through the same lock and `versions.merge`.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +44,7 @@ import msgpack
 
 from ringkv.cluster import ids, versions
 from ringkv.cluster.ids import NodeId
+from ringkv.cluster.ring import token_for
 from ringkv.cluster.versions import Record, VersionVector
 from ringkv.errors import CorruptionError, InvalidContextError, InvalidRecordError, StorageError
 from ringkv.storage.aio import AsyncEngine
@@ -44,6 +53,32 @@ from ringkv.storage.fsutil import write_atomically
 log = logging.getLogger("ringkv.replica")
 
 QUARANTINE_DIR = "quarantine"
+LAYOUT_KEY, LAYOUT = b"layout", b"2"
+_TOKEN = struct.Struct(">Q")
+_OFFSET = 2**63
+
+
+def storage_key(key: bytes) -> bytes:
+    """Where `key`'s record lives in the engine: behind its token, so records sort in ring order."""
+    return _TOKEN.pack(token_for(key) + _OFFSET) + key
+
+
+def _bound(token: int) -> bytes:
+    return _TOKEN.pack(token + _OFFSET)
+
+
+def token_segments(lo: int, hi: int) -> list[tuple[bytes, bytes | None]]:
+    """The engine key ranges [start, end) holding the records whose token is in (lo, hi] (wrapping past the
+    top of the ring; lo == hi is the whole ring)."""
+    top = 2**63 - 1
+
+    def seg(a: int, b: int) -> tuple[bytes, bytes | None]:  # tokens a..b inclusive
+        return _bound(a), None if b == top else _bound(b + 1)
+
+    if lo < hi:
+        return [seg(lo + 1, hi)]
+    upper = [] if lo == top else [seg(lo + 1, top)]
+    return [*upper, seg(-(2**63), hi)]
 # A client context may be ahead of this replica's record (it read newer replicas), but never by this much: a
 # counter that far ahead is forged, and accepting it could exhaust that actor's counter for the key.
 MAX_CONTEXT_LEAD = 2**32
@@ -160,7 +195,7 @@ class Replica:
             return await self._current(key)
 
     async def _decoded(self, key: bytes) -> Record:
-        raw = await self.engine.get(key)
+        raw = await self.engine.get(storage_key(key))
         if raw is None:
             return versions.empty_record()
         try:
@@ -175,7 +210,7 @@ class Replica:
         except _CorruptRecord as corrupt:
             await self.quarantine.keep(key, corrupt.raw, corrupt.reason)
             await self._renew()
-            await self.engine.delete(key)
+            await self.engine.delete(storage_key(key))
             return versions.empty_record()
 
     async def _renew(self) -> None:
@@ -197,7 +232,7 @@ class Replica:
 
         async def put() -> None:
             try:
-                await self.engine.put(key, versions.encode_record(record))
+                await self.engine.put(storage_key(key), versions.encode_record(record))
             except StorageError:
                 if own:
                     await self._renew()
@@ -245,3 +280,49 @@ class Replica:
             if merged != current:
                 await self._store(key, merged, own=False)
             return merged
+
+    # -- layout and token-range scans -----------------------------------------------------------------
+
+    async def open_layout(self) -> int:
+        """Make sure the engine holds records in the token layout; rewrite an older directory (returns how
+        many records were moved). Run before serving."""
+        if await self.engine.get(LAYOUT_KEY) == LAYOUT:
+            return 0
+        moved = 0
+        after: bytes | None = None
+        while True:  # over the whole store in batches; rewritten keys land elsewhere and are recognised
+            batch = await self.engine.scan(None if after is None else after + b"\x00", None, 1024)
+            if not batch:
+                break
+            after = batch[-1][0]
+            for old_key, value in batch:
+                if old_key == LAYOUT_KEY or (len(old_key) > _TOKEN.size
+                                             and old_key[:_TOKEN.size] == storage_key(old_key[_TOKEN.size:])[:8]):
+                    continue  # already in the token layout
+                await self.engine.put(storage_key(old_key), value)
+                await self.engine.delete(old_key)
+                moved += 1
+        await self.engine.put(LAYOUT_KEY, LAYOUT)
+        if moved:
+            log.warning("rewrote %d records into the token-ordered layout", moved)
+        return moved
+
+    async def scan_range(self, lo: int, hi: int, cursor: bytes | None = None,
+                         limit: int = 512) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to `limit` (key, encoded record) pairs whose token is in (lo, hi], in ring order from lo,
+        resuming from `cursor` (None: from the start); returns them and the cursor of the next batch (None
+        when the range is done). Each batch reads one consistent snapshot of the engine, in a thread; its cost
+        is proportional to the batch, not the store. The cursor is opaque: segment index:u8, last engine key."""
+        segments = token_segments(lo, hi)
+        first, after = (0, None) if cursor is None else (cursor[0], cursor[1:])
+        out: list[tuple[bytes, bytes]] = []
+        for index in range(first, len(segments)):
+            start, end = segments[index]
+            if after is not None and index == first:
+                start = max(start, after + b"\x00")
+            want = limit - len(out)
+            pairs = await self.engine.scan(start, end, want)
+            out.extend((k[_TOKEN.size:], v) for k, v in pairs if len(k) > _TOKEN.size)
+            if len(pairs) == want:  # the segment may hold more: resume right after the last one
+                return out, bytes([index]) + pairs[-1][0]
+        return out, None

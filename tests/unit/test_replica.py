@@ -16,7 +16,7 @@ from ringkv.cluster import versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.versions import MAX_COUNTER, VersionVector
 from ringkv.errors import InvalidContextError
-from ringkv.replica import Quarantine, Replica
+from ringkv.replica import Quarantine, Replica, storage_key
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -111,7 +111,7 @@ def test_a_corrupt_record_is_quarantined_and_the_merge_replaces_it(tmp_path: Pat
     # Defect 5: merge_in decoded the corrupt local record first and raised, so the key could never be repaired.
     async def main() -> None:
         async with replica_at(tmp_path / "data", tmp_path / "quarantine") as (replica, engine):
-            await engine.put(b"k", b"\x01\x00\x00\x00\x00garbage")
+            await engine.put(storage_key(b"k"), b"\x01\x00\x00\x00\x00garbage")
             incoming = versions.update(versions.empty_record(), None, NodeId("n2#bbbb"), b"good", 1)
             merged = await replica.merge_in(b"k", incoming)
             assert merged == incoming
@@ -132,7 +132,7 @@ def test_a_corrupt_record_renews_the_actor_before_the_next_write(tmp_path: Path)
         async with replica_at(tmp_path / "data") as (replica, engine):
             for i in range(3):
                 await replica.write(b"k", b"v%d" % i, None)  # (ME, 3) is out there on other replicas
-            await engine.put(b"k", b"\x01corrupt")
+            await engine.put(storage_key(b"k"), b"\x01corrupt")
             assert await replica.read(b"k") == versions.empty_record()  # reads as empty locally
             record = await replica.write(b"k", b"after", None)
             assert replica.actor != ME

@@ -141,6 +141,7 @@ class ClusterNode:
         )
         self.hints = HintStore(hint_engine, int(cfg.hints_max_mb * 1024 * 1024), cfg.hint_window_s)
         await self.hints.load()
+        await self.replica.open_layout()
         await self._open_identity()
         local = MemberState(
             node_id=self.node_id, generation=self.identity.generation, version=0, status=Status.JOINING,

@@ -25,7 +25,7 @@ from ringkv.errors import QuorumUnavailableError, RequestError
 from ringkv.net.coordinator import Coordinator, QuorumSettings
 from ringkv.net.hints import HintStore
 from ringkv.net.transport import Peers, TransportServer
-from ringkv.replica import Replica
+from ringkv.replica import Replica, storage_key
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -340,7 +340,8 @@ def test_read_repair_fixes_stale_replicas(tmp_path: Path) -> None:
                 new = await entry.coordinator.put(key, b"new", versions.read_context(old), w=3)
                 for node in pref:
                     await until(functools.partial(cluster[node].holds, key, new), f"{node} holds the write")
-                await stale.engine.put(key, versions.encode_record(old))  # this replica missed the second write
+                # this replica missed the second write
+                await stale.engine.put(storage_key(key), versions.encode_record(old))
                 assert not await stale.holds(key, new)
 
                 repairs = entry.coordinator.stats.read_repairs

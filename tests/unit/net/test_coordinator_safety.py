@@ -16,6 +16,7 @@ from ringkv.cluster import versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.ring import NodeInfo, Ring
 from ringkv.errors import QuorumUnavailableError
+from ringkv.replica import storage_key
 from tests.unit.net.test_coordinator import SETTINGS, cluster_of, coordinated_by, key_where, run, until
 
 
@@ -160,7 +161,8 @@ def test_one_corrupt_record_does_not_block_hint_delivery(tmp_path: Path) -> None
         async with cluster_of(3, tmp_path) as cluster:
             holder, target = cluster[NodeId("n0")], NodeId("n1")
             records = [versions.update(versions.empty_record(), None, NodeId("n0"), b"v%d" % i, 1) for i in range(4)]
-            await cluster[target].engine.put(b"key-0", b"\x01garbage")  # the first hinted key is corrupt there
+            # the first hinted key is corrupt there
+            await cluster[target].engine.put(storage_key(b"key-0"), b"\x01garbage")
             for i, record in enumerate(records):
                 await holder.hints.store(target, b"key-%d" % i, versions.encode_record(record))
             assert await holder.coordinator.deliver_hints() == 4
