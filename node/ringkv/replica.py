@@ -177,6 +177,16 @@ class Replica:
         self._locks = KeyLocks()
         self._renewing = asyncio.Lock()
         self._fenced = False
+        # Called with (key, old encoded record or None, new encoded record or None) after every durable change
+        # of a local record (anti-entropy keeps its Merkle trees current with it). Must not block or raise.
+        self.observers: list[Callable[[bytes, bytes | None, bytes | None], None]] = []
+
+    def _changed(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(key, old, new)
+            except Exception:  # an observer's bug must not fail a write that is already durable
+                log.exception("record observer failed for key %r", key[:80])
 
     @property
     def node_id(self) -> NodeId:
@@ -211,6 +221,7 @@ class Replica:
             await self.quarantine.keep(key, corrupt.raw, corrupt.reason)
             await self._renew()
             await self.engine.delete(storage_key(key))
+            self._changed(key, corrupt.raw, None)
             return versions.empty_record()
 
     async def _renew(self) -> None:
@@ -224,19 +235,21 @@ class Replica:
                 raise
             log.warning("dot actor renewed: %s -> %s", old, self.actor)
 
-    async def _store(self, key: bytes, record: Record, own: bool) -> None:
+    async def _store(self, key: bytes, record: Record, own: bool, previous: Record) -> None:
         """Put `record` and wait for it to be durable, holding the caller's key lock throughout, even if the
         caller is cancelled (a dropped connection cancels its handlers): releasing the lock before the fsync
         would let a lock-free read see a version that is not durable. A failed put of our own new version
         (`own`) renews the actor: the version may be visible in memory without being durable."""
 
         async def put() -> None:
+            encoded = versions.encode_record(record)
             try:
-                await self.engine.put(storage_key(key), versions.encode_record(record))
+                await self.engine.put(storage_key(key), encoded)
             except StorageError:
                 if own:
                     await self._renew()
                 raise
+            self._changed(key, versions.encode_record(previous) if previous.versions else None, encoded)
 
         task = asyncio.ensure_future(put())
         try:
@@ -269,7 +282,7 @@ class Replica:
             if context is not None:
                 self._check_context(current, context)
             updated = versions.update(current, context, self.actor, value, self._clock_ms())
-            await self._store(key, updated, own=True)
+            await self._store(key, updated, own=True, previous=current)
             return updated
 
     async def merge_in(self, key: bytes, incoming: Record) -> Record:
@@ -278,7 +291,7 @@ class Replica:
             current = await self._current(key)
             merged = versions.merge(current, incoming)
             if merged != current:
-                await self._store(key, merged, own=False)
+                await self._store(key, merged, own=False, previous=current)
             return merged
 
     # -- layout and token-range scans -----------------------------------------------------------------

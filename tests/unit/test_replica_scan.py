@@ -103,3 +103,35 @@ def test_an_old_data_directory_is_rewritten_into_the_token_layout_once(tmp_path:
             await engine.close()
 
     run(main())
+
+
+def test_observers_see_every_durable_change_and_a_tree_kept_by_them_equals_a_rebuild(tmp_path: Path) -> None:
+    from ringkv.cluster import merkle
+
+    async def main() -> None:
+        engine = await AsyncEngine.open(str(tmp_path / "d"), EngineOptions(durability=Durability.OFF))
+        try:
+            replica = Replica(engine, NodeId("n1#a"))
+            await replica.open_layout()
+            shape = merkle.Shape(0, 0, 64, 4)
+            tree = merkle.MerkleTree(shape)
+
+            def observe(key: bytes, old: bytes | None, new: bytes | None) -> None:
+                tree.update(token_for(key), key, None if old is None else merkle.record_digest(old),
+                            None if new is None else merkle.record_digest(new))
+
+            replica.observers.append(observe)
+            for i in range(200):
+                record = await replica.write(b"k%d" % (i % 50), b'"%d"' % i, None)
+            other = versions.update(versions.empty_record(), None, NodeId("n2#b"), b'"x"', 1)
+            await replica.merge_in(b"k3", other)  # a sibling from another replica
+            await replica.merge_in(b"k3", other)  # no change: no notification needed
+            batch, _ = await replica.scan_range(0, 0, None, 10_000)
+            rebuilt = merkle.MerkleTree.build(
+                shape, ((token_for(k), k, merkle.record_digest(v)) for k, v in batch))
+            assert tree == rebuilt and tree.count == 50
+            assert versions.live_values(record)
+        finally:
+            await engine.close()
+
+    run(main())
