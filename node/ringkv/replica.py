@@ -249,7 +249,8 @@ class Replica:
                 if own:
                     await self._renew()
                 raise
-            self._changed(key, versions.encode_record(previous) if previous.versions else None, encoded)
+            if self.observers:  # re-encoding the previous record is work the write itself does not need
+                self._changed(key, versions.encode_record(previous) if previous.versions else None, encoded)
 
         task = asyncio.ensure_future(put())
         try:
