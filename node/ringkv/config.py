@@ -55,6 +55,14 @@ class NodeConfig:
     hint_window_s: float = 3 * 3600.0
     hints_max_mb: float = 512.0
     hint_delivery_mb_s: float = 16.0
+    # anti-entropy
+    aae_enabled: bool = True
+    aae_interval_s: float = 60.0
+    aae_ranges_per_s: float = 4.0
+    aae_mb_s: float = 8.0
+    aae_max_keys: int = 10_000
+    aae_tree_leaves: int = 65536
+    tombstone_grace_s: float = 24 * 3600.0
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
@@ -91,6 +99,12 @@ class NodeConfig:
             raise ValueError(f"node_id may not contain {ACTOR_SEPARATOR!r}")
         if self.capacity <= 0 or self.num_tokens < 1:
             raise ValueError("capacity and num_tokens must be positive")
+        if self.aae_interval_s <= 0 or self.aae_ranges_per_s <= 0 or self.aae_max_keys < 1:
+            raise ValueError("aae_interval_s, aae_ranges_per_s and aae_max_keys must be positive")
+        if not 16 <= self.aae_tree_leaves <= 2**20:
+            raise ValueError("aae_tree_leaves must be between 16 and 1048576")
+        if self.tombstone_grace_s < 0 or self.aae_mb_s < 0:
+            raise ValueError("tombstone_grace_s and aae_mb_s may not be negative")
         self.seed_addresses()
         self.token_list()
 
@@ -128,6 +142,14 @@ _HELP = {
     "hints_max_mb": "size bound of the hint store",
     "hint_delivery_mb_s": "hinted handoff delivery rate limit in MB/s per node (0: unlimited)",
     "ring_wait_s": "a restarted node waits this long to hear a peer before serving on its remembered ring",
+    "aae_enabled": "run active anti-entropy (Merkle-tree exchanges between replicas, tombstone collection)",
+    "aae_interval_s": "each range is compared with each other replica at least this often",
+    "aae_ranges_per_s": "anti-entropy exchanges started per second at most",
+    "aae_mb_s": "anti-entropy repair traffic limit in MB/s per node (0: unlimited)",
+    "aae_max_keys": "keys repaired per exchange at most (the range is compared again soon when reached)",
+    "aae_tree_leaves": "Merkle leaves for the whole ring (a range gets its share); the same on every node",
+    "tombstone_grace_s": "a deleted record is collected once every replica holds it and it is this old; hints "
+                         "older than this are dropped",
 }
 _CHOICES = {"durability": [d.value for d in Durability], "log_format": ["text", "json"],
             "log_level": ["debug", "info", "warning", "error"]}

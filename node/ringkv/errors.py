@@ -127,3 +127,10 @@ class NotReplicaError(RingkvError):
     was applied, so the sender may route it elsewhere."""
 
     code = "not_replica"
+
+
+class AntiEntropyUnavailableError(RingkvError):
+    """An anti-entropy exchange asked for a tree this node does not have ready (another view of the ring, a
+    tree still being built, or anti-entropy off); the asker retries later."""
+
+    code = "aae_unavailable"

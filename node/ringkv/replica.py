@@ -6,6 +6,7 @@ are one contiguous engine range (anti-entropy and streaming scan ranges, not the
 
     engine key := token:u64 (big-endian; the key's ring token + 2**63)  key (UTF-8)
     b"layout"  := b"2"   (a 6-byte key no record key can equal: those are at least 9 bytes)
+    b"floor"   := decimal ASCII integer: the reap floor (see `reap`; absent = 0)
 
 A data directory written before the token layout (no `layout` key, records under their bare keys) is
 rewritten on open (`open_layout`), once. Writes coordinated here are read-modify-write cycles on the local
@@ -23,6 +24,9 @@ Rules this module keeps, so that a dot is never issued twice (see `docs/consiste
 - **A context may not claim more of this node than it issued.** A client context naming this node's actor
   at a counter beyond what the local record has seen is refused (`InvalidContextError`): it is forged, and
   accepting it would exhaust or skip the counter; nor may it claim any actor far (2**32) beyond the record.
+- **A reaped record's counters survive it.** Collecting a deleted record (`reap`, driven by anti-entropy
+  once every replica holds the same tombstone) first raises a node-wide *floor* to this actor's counter in
+  it, durably; every dot issued afterwards, for any key, is above the floor, so none is ever reissued.
 - **A corrupt record is quarantined, not fatal.** Its bytes are kept aside (`DATA_DIR/quarantine/`, counted,
   logged), the key reads as empty locally (the other replicas and read repair supply the data), and the
   node renews its actor (a new incarnation) before its next write, because the lost record was the only
@@ -39,13 +43,15 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import msgpack
 
 from ringkv.cluster import ids, versions
 from ringkv.cluster.ids import NodeId
+from ringkv.cluster.merkle import record_digest
 from ringkv.cluster.ring import token_for
-from ringkv.cluster.versions import Record, VersionVector
+from ringkv.cluster.versions import Record, VersionVector, deleted_at
 from ringkv.errors import CorruptionError, InvalidContextError, InvalidRecordError, StorageError
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.fsutil import write_atomically
@@ -54,6 +60,7 @@ log = logging.getLogger("ringkv.replica")
 
 QUARANTINE_DIR = "quarantine"
 LAYOUT_KEY, LAYOUT = b"layout", b"2"
+FLOOR_KEY = b"floor"
 _TOKEN = struct.Struct(">Q")
 _OFFSET = 2**63
 
@@ -86,6 +93,18 @@ MAX_CONTEXT_LEAD = 2**32
 
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Change(NamedTuple):
+    """One change of a local record, as the engine made it visible: the encoded record before and after
+    (None: absent), the engine sequence number of the write, and, when the new record holds only tombstones,
+    when it was deleted."""
+
+    key: bytes
+    old: bytes | None
+    new: bytes | None
+    seq: int
+    deleted_at_ms: int | None = None
 
 
 class KeyLocks:
@@ -177,16 +196,26 @@ class Replica:
         self._locks = KeyLocks()
         self._renewing = asyncio.Lock()
         self._fenced = False
-        # Called with (key, old encoded record or None, new encoded record or None) after every durable change
-        # of a local record (anti-entropy keeps its Merkle trees current with it). Must not block or raise.
-        self.observers: list[Callable[[bytes, bytes | None, bytes | None], None]] = []
+        # Called with a `Change` for every change of a local record, as the engine makes it visible (anti-
+        # entropy keeps its Merkle trees current with it). Must not block or raise.
+        self.observers: list[Callable[[Change], None]] = []
+        self.floor = 0  # every dot this actor issues from now on is above it (see `reap`)
+        self.reaped = 0
 
-    def _changed(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
+    def _changed(self, change: Change) -> None:
         for observer in self.observers:
             try:
-                observer(key, old, new)
-            except Exception:  # an observer's bug must not fail a write that is already durable
-                log.exception("record observer failed for key %r", key[:80])
+                observer(change)
+            except Exception:  # an observer's bug must not fail the write
+                log.exception("record observer failed for key %r", change.key[:80])
+
+    async def _engine_write(self, key: bytes, encoded: bytes | None, old: bytes | None,
+                            deleted_at_ms: int | None = None) -> int:
+        """Write one record (None: remove it) to the engine, telling the observers the moment it is visible."""
+        if not self.observers:
+            return await self.engine.write(storage_key(key), encoded)
+        return await self.engine.write(storage_key(key), encoded,
+                                       lambda seq: self._changed(Change(key, old, encoded, seq, deleted_at_ms)))
 
     @property
     def node_id(self) -> NodeId:
@@ -220,8 +249,7 @@ class Replica:
         except _CorruptRecord as corrupt:
             await self.quarantine.keep(key, corrupt.raw, corrupt.reason)
             await self._renew()
-            await self.engine.delete(storage_key(key))
-            self._changed(key, corrupt.raw, None)
+            await self._engine_write(key, None, corrupt.raw)
             return versions.empty_record()
 
     async def _renew(self) -> None:
@@ -243,14 +271,14 @@ class Replica:
 
         async def put() -> None:
             encoded = versions.encode_record(record)
+            # Re-encoding the previous record is work the write itself does not need: only for observers.
+            old = versions.encode_record(previous) if self.observers and previous.versions else None
             try:
-                await self.engine.put(storage_key(key), encoded)
+                await self._engine_write(key, encoded, old, deleted_at(record))
             except StorageError:
                 if own:
                     await self._renew()
                 raise
-            if self.observers:  # re-encoding the previous record is work the write itself does not need
-                self._changed(key, versions.encode_record(previous) if previous.versions else None, encoded)
 
         task = asyncio.ensure_future(put())
         try:
@@ -261,7 +289,8 @@ class Replica:
 
     def _check_context(self, current: Record, context: VersionVector) -> None:
         actor = self.actor
-        if context.get(actor) > current.context.get(actor):
+        issued = max(current.context.get(actor), self.floor)  # a reaped record's counters are below the floor
+        if context.get(actor) > issued:
             raise InvalidContextError(
                 f"context claims version {context.get(actor)} of {actor}, which issued only "
                 f"{current.context.get(actor)} for this key")
@@ -282,7 +311,7 @@ class Replica:
             current = await self._current(key)
             if context is not None:
                 self._check_context(current, context)
-            updated = versions.update(current, context, self.actor, value, self._clock_ms())
+            updated = versions.update(current, context, self.actor, value, self._clock_ms(), self.floor)
             await self._store(key, updated, own=True, previous=current)
             return updated
 
@@ -295,11 +324,37 @@ class Replica:
                 await self._store(key, merged, own=False, previous=current)
             return merged
 
+    async def reap(self, key: bytes, digest: bytes) -> bool:
+        """Collect a deleted record: remove it if it still holds only tombstones and its digest is still
+        `digest` (what every replica was found to hold). First the floor is raised to this actor's counter in
+        the record, durably, so that no dot it issued for the key is ever issued again (the record was the
+        only place that counter lived). Returns whether it was removed."""
+        async with self._locks.hold(key):
+            raw = await self.engine.get(storage_key(key))
+            if raw is None or record_digest(raw) != digest:
+                return False
+            record = versions.decode_record(raw)
+            if deleted_at(record) is None:
+                return False
+            counter = record.context.get(self.actor)
+            if counter > self.floor:
+                await self.engine.put(FLOOR_KEY, b"%d" % counter)  # in the commit log before the removal
+                self.floor = counter
+            await self._engine_write(key, None, raw)
+            self.reaped += 1
+            return True
+
     # -- layout and token-range scans -----------------------------------------------------------------
 
     async def open_layout(self) -> int:
         """Make sure the engine holds records in the token layout; rewrite an older directory (returns how
-        many records were moved). Run before serving."""
+        many records were moved); load the reap floor. Run before serving."""
+        moved = await self._migrate()
+        floor = await self.engine.get(FLOOR_KEY)  # after the migration: an old layout may hold a key "floor"
+        self.floor = int(floor) if floor is not None else 0
+        return moved
+
+    async def _migrate(self) -> int:
         if await self.engine.get(LAYOUT_KEY) == LAYOUT:
             return 0
         moved = 0
@@ -327,16 +382,24 @@ class Replica:
         resuming from `cursor` (None: from the start); returns them and the cursor of the next batch (None
         when the range is done). Each batch reads one consistent snapshot of the engine, in a thread; its cost
         is proportional to the batch, not the store. The cursor is opaque: segment index:u8, last engine key."""
+        entries, cursor = await self.scan_range_entries(lo, hi, cursor, limit)
+        return [(key, value) for key, value, _ in entries if value is not None], cursor
+
+    async def scan_range_entries(self, lo: int, hi: int, cursor: bytes | None = None, limit: int = 512,
+                                 ) -> tuple[list[tuple[bytes, bytes | None, int]], bytes | None]:
+        """Like `scan_range`, but records removed from the engine (reaped or quarantined) are included with
+        value None, and each comes with the engine sequence number of its last write (anti-entropy's tree
+        builds reconcile the scan with writes made during it by these numbers)."""
         segments = token_segments(lo, hi)
         first, after = (0, None) if cursor is None else (cursor[0], cursor[1:])
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[bytes, bytes | None, int]] = []
         for index in range(first, len(segments)):
             start, end = segments[index]
             if after is not None and index == first:
                 start = max(start, after + b"\x00")
             want = limit - len(out)
-            pairs = await self.engine.scan(start, end, want)
-            out.extend((k[_TOKEN.size:], v) for k, v in pairs if len(k) > _TOKEN.size)
-            if len(pairs) == want:  # the segment may hold more: resume right after the last one
-                return out, bytes([index]) + pairs[-1][0]
+            entries = await self.engine.scan_entries(start, end, want)
+            out.extend((e.key[_TOKEN.size:], e.value, e.seq) for e in entries if len(e.key) > _TOKEN.size)
+            if len(entries) == want:  # the segment may hold more: resume right after the last one
+                return out, bytes([index]) + entries[-1].key
         return out, None

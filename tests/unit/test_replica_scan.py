@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ringkv.cluster import versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.ring import token_for
-from ringkv.replica import LAYOUT_KEY, Replica, token_segments
+from ringkv.replica import LAYOUT_KEY, Change, Replica, token_segments
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -116,7 +116,8 @@ def test_observers_see_every_durable_change_and_a_tree_kept_by_them_equals_a_reb
             shape = merkle.Shape(0, 0, 64, 4)
             tree = merkle.MerkleTree(shape)
 
-            def observe(key: bytes, old: bytes | None, new: bytes | None) -> None:
+            def observe(change: Change) -> None:
+                key, old, new = change.key, change.old, change.new
                 tree.update(token_for(key), key, None if old is None else merkle.record_digest(old),
                             None if new is None else merkle.record_digest(new))
 

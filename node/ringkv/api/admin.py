@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ringkv.api import keys, validation
 from ringkv.api.errors import error_response, json_response
-from ringkv.cluster import versions
+from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
 
 admin_routes = web.RouteTableDef()
@@ -88,3 +88,44 @@ async def hints(request: web.Request) -> web.Response:
     return json_response({"pending": dict(store.pending), "bytes": store.bytes, "stored": store.stored,
                           "delivered": store.delivered, "dropped": store.dropped, "corrupt": store.corrupt,
                           "delivered_bytes": store.delivered_bytes})
+
+
+@admin_routes.get("/admin/v1/antientropy")
+async def antientropy(request: web.Request) -> web.Response:
+    """This node's anti-entropy: its ranges, their trees, when each was last verified with each replica."""
+    node = request.app[keys.NODE]
+    if node.antientropy is None:
+        return error_response(503, "not_ready", "anti-entropy has not started yet")
+    return json_response(node.antientropy.status())
+
+
+@admin_routes.post("/admin/v1/repair")
+async def start_repair(request: web.Request) -> web.Response:
+    """Start a repair of every range this node replicates, or of one (`{"range": "lo:hi"}`): 202 with the
+    operation, whose progress `GET /admin/v1/repair/{id}` shows."""
+    node = request.app[keys.NODE]
+    if node.antientropy is None:
+        return error_response(503, "not_ready", "anti-entropy has not started yet")
+    wanted = validation.parse_repair(await request.read())
+    ranges = None
+    if wanted is not None:
+        try:
+            ranges = [aae.parse_range(wanted)]
+        except ValueError as e:
+            return error_response(400, "invalid_range", str(e))
+    op = node.antientropy.start_repair(ranges)
+    return json_response(op.to_json(), status=202)
+
+
+@admin_routes.get("/admin/v1/repair")
+async def list_repairs(request: web.Request) -> web.Response:
+    ops = request.app[keys.NODE].operations
+    return json_response({"operations": [op.to_json() for op in ops.all.values() if op.kind == "repair"]})
+
+
+@admin_routes.get("/admin/v1/repair/{op_id}")
+async def get_repair(request: web.Request) -> web.Response:
+    op = request.app[keys.NODE].operations.get(request.match_info["op_id"])
+    if op is None or op.kind != "repair":
+        return error_response(404, "not_found", "no such repair operation", id=request.match_info["op_id"])
+    return json_response(op.to_json())

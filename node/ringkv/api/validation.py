@@ -50,6 +50,17 @@ def _object(body: bytes, allowed: frozenset[str]) -> dict[str, object]:
     return doc
 
 
+def parse_repair(body: bytes) -> str | None:
+    """A repair request: `{}` or an empty body (every range), or `{"range": "lo:hi"}`."""
+    if not body.strip():
+        return None
+    doc = _object(body, frozenset({"range"}))
+    value = doc.get("range")
+    if value is not None and not isinstance(value, str):
+        raise RequestError("invalid_range", "range must be a string lo:hi")
+    return value
+
+
 def check_key(key: object) -> bytes:
     """The key's UTF-8 bytes; raises RequestError/PayloadTooLargeError for a bad key."""
     if key is None:

@@ -55,6 +55,18 @@ def span(lo: int, hi: int) -> int:
     return (hi - lo) % RING or RING
 
 
+def _signed(token: int) -> int:
+    return (token + 2**63) % RING - 2**63
+
+
+def shape_for(lo: int, hi: int, total_leaves: int = 65536, minimum: int = 16, fanout: int = 16) -> Shape:
+    """The shape both replicas of range (lo, hi] use: leaves in proportion to the range's share of the ring
+    (`total_leaves` for the whole ring, at least `minimum`), so that a leaf holds about the same number of
+    keys in every range and a node's trees together hold about `total_leaves * RF / nodes` leaves."""
+    leaves = max(minimum, min(total_leaves, round(total_leaves * span(lo, hi) / RING)))
+    return Shape(lo, hi, leaves, fanout)
+
+
 @dataclass(frozen=True)
 class Shape:
     lo: int
@@ -75,6 +87,19 @@ class Shape:
         if offset >= width:
             raise ValueError(f"token {token} is outside the range ({self.lo}, {self.hi}]")
         return offset * self.leaves // width
+
+    def leaf_bounds(self, first: int, last: int | None = None) -> tuple[int, int]:
+        """The token range `(a, b]` holding exactly the tokens of leaves `first..last` (default: one leaf)."""
+        last = first if last is None else last
+        if not 0 <= first <= last < self.leaves:
+            raise ValueError(f"leaves {first}..{last} are outside 0..{self.leaves - 1}")
+        width = span(self.lo, self.hi)
+        # leaf i holds the offsets o with i*width <= o*leaves < (i+1)*width (token = lo + 1 + o)
+        start = -(-first * width // self.leaves)
+        end = -(-(last + 1) * width // self.leaves)
+        if start == end:  # a range narrower than its leaf count has empty leaves (never in practice)
+            raise ValueError(f"leaves {first}..{last} hold no tokens")
+        return _signed(self.lo + start), _signed(self.lo + end)
 
     def holds(self, token: int) -> bool:
         return (token - self.lo - 1) % RING < span(self.lo, self.hi)
@@ -103,10 +128,10 @@ class MerkleTree:
         for token, key, digest in entries:
             leaves[shape.leaf_of(token)] ^= entry(key, digest)
             tree.count += 1
-        tree._recompute()
+        tree.recompute()
         return tree
 
-    def _recompute(self) -> None:
+    def recompute(self) -> None:
         fanout = self.shape.fanout
         for below, above in zip(self.levels, self.levels[1:], strict=False):
             for i in range(len(above)):
@@ -136,6 +161,17 @@ class MerkleTree:
         delta = (entry(key, old) if old is not None else 0) ^ (entry(key, new) if new is not None else 0)
         self._apply(self.shape.leaf_of(token), delta)
         self.count += (new is not None) - (old is not None)
+
+    def set_leaf(self, leaf: int, value: int) -> None:
+        """Overwrite one leaf's hash (a leaf rebuilt from a scan) and fix its path to the root."""
+        delta = self.levels[0][leaf] ^ value
+        if delta:
+            self._apply(leaf, delta)
+
+    def hashes(self, level: int, indexes: Sequence[int]) -> list[int]:
+        """The hashes of the nodes `indexes` of `level` (0: leaves)."""
+        row = self.levels[level]
+        return [row[i] for i in indexes]
 
     @property
     def root(self) -> int:
@@ -173,7 +209,7 @@ class MerkleTree:
         tree.levels[0] = [int.from_bytes(data[_HEAD.size + i * HASH_BYTES:_HEAD.size + (i + 1) * HASH_BYTES], "big")
                           for i in range(leaves)]
         tree.count = count
-        tree._recompute()
+        tree.recompute()
         return tree
 
 

@@ -219,17 +219,20 @@ def empty_record() -> Record:
 
 
 def update(
-    record: Record, context: VersionVector | None, node: NodeId, value: bytes | None, timestamp_ms: int
+    record: Record, context: VersionVector | None, node: NodeId, value: bytes | None, timestamp_ms: int,
+    floor: int = 0,
 ) -> Record:
     """The coordinator `node`'s write of `value` (None = delete) on its local `record`.
 
     `context` None is a plain put: it supersedes every version `record` holds. Otherwise exactly the versions
-    whose dots `context` covers are superseded; the others stay as siblings. Raises `TooManySiblingsError`
-    if the result would hold more than `SIBLING_LIMIT` versions, and `InvalidContextError` if the context
-    has exhausted the node's counter.
+    whose dots `context` covers are superseded; the others stay as siblings. The new dot's counter is above
+    `floor` as well as above every counter of `node` the record and context know (the floor stands in for
+    records this node has reaped, whose counters it no longer holds). Raises `TooManySiblingsError` if the
+    result would hold more than `SIBLING_LIMIT` versions, and `InvalidContextError` if the context has
+    exhausted the node's counter.
     """
     seen = record.context if context is None else context
-    counter = max(record.context.get(node), seen.get(node)) + 1
+    counter = max(record.context.get(node), seen.get(node), floor) + 1
     if counter > MAX_COUNTER:
         raise errors.InvalidContextError(f"context exhausts the counter of node {node!r}")
     dot = Dot(node, counter)
@@ -286,6 +289,14 @@ def descends(a: Record, b: Record) -> bool:
         return False
     b_versions = set(b.versions)
     return all(v in b_versions for v in a.versions if b.context.covers(v.dot))
+
+
+def deleted_at(record: Record) -> int | None:
+    """When a deleted record was deleted (the newest of its tombstones' wall-clock times; used only to decide
+    when it may be collected), or None if it holds a live value or nothing at all."""
+    if not record.versions or not is_deleted(record):
+        return None
+    return max(v.timestamp_ms for v in record.versions)
 
 
 def sibling_warning(record: Record) -> bool:

@@ -13,7 +13,8 @@ Delivery (`deliver_pending`) sends each hint's record to the target as an ordina
 (idempotent, order-free), several at a time, and deletes the hint only after the target acknowledged it.
 It goes on batch after batch until the target has no hints left, within a byte rate (`RateLimiter`; a
 hint's bytes are its data key plus its record, the same measure as `delivered_bytes`). A hint's age does
-not matter: hints count toward W, so dropping one whose target is back would lose an acknowledged write.
+not matter (up to the tombstone grace, below): hints count toward W, so dropping one whose target is back
+would lose an acknowledged write.
 Per hint:
 
 - acknowledged: deleted, counted `delivered`.
@@ -28,7 +29,11 @@ Per hint:
 A stored value that does not decode (garbage, wrong shape) is treated like a bad hint wherever it is met
 (`load`, `batch`, delivery, dropping): deleted, counted `corrupt` and `dropped`, logged.
 
-The hint window bounds how long a target may be *down*, not how old a hint may be (as Cassandra's
+With tombstone collection on (anti-entropy), a hint older than the tombstone grace (`max_age_s`) is dropped
+when its turn comes (counted `expired` and `dropped`), never delivered: the tombstone that superseded it
+may have been collected on every replica, and delivering it would resurrect the value. Anti-entropy has had
+the whole grace period to copy the write from the replicas that hold it. Otherwise the hint window bounds
+how long a target may be *down*, not how old a hint may be (as Cassandra's
 max_hint_window): while a target has been down longer than the window, `accepts` is False (no new hints)
 and `drop_for_downtime` drops all its hints; anti-entropy repairs what they carried. The caller passes how
 long gossip has judged the target continuously down. Separately, a store over `max_bytes` refuses new hints.
@@ -106,8 +111,10 @@ def _decode(hint_key: bytes, value: bytes) -> Hint:
 
 class HintStore:
     def __init__(self, engine: AsyncEngine, max_bytes: int, window_s: float,
-                 clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+                 max_age_s: float | None = None) -> None:
         self.engine = engine
+        self.max_age_s = max_age_s  # hints older than this are dropped at delivery (the tombstone grace)
         self.max_bytes = max_bytes
         self.window_s = window_s  # a target down longer than this gets no hints and loses the ones it had
         self._clock_ms = clock_ms
@@ -120,6 +127,12 @@ class HintStore:
         self.dropped = 0  # refused (store full), dropped for downtime, or corrupt
         self.corrupt = 0  # undecodable here, or refused by the target as an invalid record
         self.delivery_failures = 0  # sends the target answered with an error other than invalid_record
+        self.expired = 0  # older than max_age_s when their turn came (also counted in dropped)
+
+    def expired_hint(self, hint: Hint) -> bool:
+        """Whether a hint is older than `max_age_s`: a tombstone that superseded it may have been collected
+        everywhere since, and delivering it would bring the deleted value back (see `cluster.aae`)."""
+        return self.max_age_s is not None and self._clock_ms() - hint.created_ms > self.max_age_s * 1000
 
     def accepts(self, down_for_s: float) -> bool:
         """Whether to keep a new hint for a target judged down for `down_for_s`: not past the window."""
@@ -234,6 +247,11 @@ async def deliver_pending(store: HintStore, target: NodeId, send: Callable[[Hint
     state = _Pass()
 
     async def one(hint: Hint) -> None:
+        if store.expired_hint(hint):
+            log.warning("dropping a hint for %s older than the tombstone grace (key %r)", target, hint.key[:80])
+            await store.remove(hint, delivered=False)
+            store.expired += 1
+            return
         if limiter is not None:
             await limiter.acquire(hint.payload_bytes)
             if state.stop is not None:

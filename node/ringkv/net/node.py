@@ -37,12 +37,15 @@ from ringkv.cluster.membership import Membership, MemberState, Status
 from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
 from ringkv.net import identity
+from ringkv.net.antientropy import AaeSettings, AntiEntropy
 from ringkv.net.coordinator import Coordinator, QuorumSettings
 from ringkv.net.gossip import Gossiper
 from ringkv.net.hints import HintStore
 from ringkv.net.identity import Identity
+from ringkv.net.operations import Operations
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import Peers, TransportServer
+from ringkv.net.trees import TreeSet
 from ringkv.replica import QUARANTINE_DIR, Quarantine, Replica
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
@@ -51,6 +54,7 @@ from ringkv.storage.wal import Durability
 log = logging.getLogger("ringkv.node")
 
 NODE_FILE = identity.FILE_NAME
+TREES_FILE = os.path.join("aae", "trees.bin")
 WAIT_LOG_INTERVAL_S = 10.0
 
 
@@ -64,6 +68,10 @@ class ClusterNode:
         self.replica = Replica(engine, self.node_id, renew_actor=self._renew_actor,
                                quarantine=Quarantine(os.path.join(config.data_dir, QUARANTINE_DIR)))
         self.peers = Peers(config.cluster_name, self.node_id)
+        self.trees = TreeSet(self.replica, total_leaves=config.aae_tree_leaves)
+        self.operations = Operations()
+        self.antientropy: AntiEntropy | None = None
+        self._aae_tracking = False
         self._on_transition = on_transition
         self._on_refused = on_refused
         self.hints: HintStore
@@ -139,7 +147,8 @@ class ClusterNode:
             os.path.join(cfg.data_dir, "hints"),
             EngineOptions(durability=Durability.SYNC, memtable_bytes=4 * 1024 * 1024, tombstone_grace_s=0),
         )
-        self.hints = HintStore(hint_engine, int(cfg.hints_max_mb * 1024 * 1024), cfg.hint_window_s)
+        self.hints = HintStore(hint_engine, int(cfg.hints_max_mb * 1024 * 1024), cfg.hint_window_s,
+                               max_age_s=cfg.tombstone_grace_s if cfg.aae_enabled else None)
         await self.hints.load()
         await self.replica.open_layout()
         await self._open_identity()
@@ -164,12 +173,24 @@ class ClusterNode:
             down_for=self.gossiper.down_for, hint_limiter=limiter,
         )
         self.coordinator.accepting = False
+        self.antientropy = AntiEntropy(
+            self.node_id, self.replica, self.trees, self.coordinator.call,
+            AaeSettings(enabled=cfg.aae_enabled, interval_s=cfg.aae_interval_s, ranges_per_s=cfg.aae_ranges_per_s,
+                        mb_s=cfg.aae_mb_s, max_keys=cfg.aae_max_keys, tombstone_grace_s=cfg.tombstone_grace_s,
+                        total_leaves=cfg.aae_tree_leaves),
+            self._aae_eligible, self.operations)
+        aae = self.antientropy
         self.server = TransportServer(cfg.cluster_name, self.node_id, {
             "gossip": self.gossiper.handle,
             "coordinate": self.coordinator.handle_coordinate,
             "replicate": self.coordinator.handle_replicate,
             "read": self.coordinator.handle_read,
             "store_hint": self.coordinator.handle_store_hint,
+            "aae_hashes": aae.handle_hashes,
+            "aae_leaves": aae.handle_leaves,
+            "aae_fetch": aae.handle_fetch,
+            "aae_push": aae.handle_push,
+            "aae_reap_check": aae.handle_reap_check,
             "ping": self._ping,
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
@@ -191,11 +212,36 @@ class ClusterNode:
             await self._await_ring(bool(remembered))
         self._remember_ring()
         self._tasks.append(asyncio.create_task(self._deliver_hints_forever()))
+        await self._start_antientropy()
         self.coordinator.accepting = True
         self.ready = True
         log.info("node %s joined cluster %r with %d tokens (peer port %d, ring of %d nodes, actor %s)",
                  self.node_id, cfg.cluster_name, len(tokens), peer_port, len(self.coordinator.ring),
                  self.replica.actor)
+
+    async def _start_antientropy(self) -> None:
+        """Trees for the ranges of the current ring: the saved ones if they are current, else built in the
+        background by the anti-entropy loop (which then starts exchanging)."""
+        assert self.antientropy is not None
+        self._aae_tracking = True  # from now on every ring change reaches anti-entropy
+        self.antientropy.set_ring(self.coordinator.ring, self.config.replication_factor)
+        path = os.path.join(self.config.data_dir, TREES_FILE)
+        try:
+            saved = await asyncio.to_thread(self.trees.read_saved, path)
+        except OSError as e:
+            log.warning("could not read %s: %s", path, e)
+            saved = None
+        taken = self.trees.install(saved, self.engine.last_seq)
+        if taken:
+            log.info("loaded %d anti-entropy trees saved at the last clean stop", taken)
+        if self.config.aae_enabled:
+            self._tasks.append(asyncio.create_task(self.antientropy.run()))
+
+    def _aae_eligible(self, node: NodeId) -> bool:
+        """Anti-entropy runs only with peers that are up and hold their data (normal or leaving)."""
+        state = self.membership.members.get(node)
+        return (state is not None and state.status in (Status.NORMAL, Status.LEAVING)
+                and self.gossiper.is_up(node))
 
     def _remembered_peers(self) -> list[MemberState]:
         out = []
@@ -254,6 +300,8 @@ class ClusterNode:
             self.coordinator.ring_digest = view.digest
             if hasattr(self, "identity"):
                 self._remember_ring()
+            if self._aae_tracking and self.antientropy is not None:
+                self.antientropy.set_ring(view.ring, self.config.replication_factor)
 
     async def _tokens(self) -> list[int] | None:
         """Our tokens when they are already decided: the flag, else those kept in `node.json`. Persisted."""
@@ -376,8 +424,16 @@ class ClusterNode:
         if hasattr(self, "coordinator"):
             await self.coordinator.stop(min(self.config.shutdown_timeout_s,
                                             self.coordinator.settings.write_budget_s))
+        await self.operations.stop()
         if hasattr(self, "server"):
             await self.server.stop()
         await self.peers.close()
         if hasattr(self, "hints"):
             await self.hints.engine.close()
+        if self.antientropy is not None and not self.trees.pending_builds and self.trees.trees:
+            # Nothing writes any more: the trees are current, and the next start can skip the scans.
+            path = os.path.join(self.config.data_dir, TREES_FILE)
+            try:
+                await asyncio.to_thread(self.trees.save, path, self.engine.last_seq)
+            except OSError as e:
+                log.warning("could not save the anti-entropy trees to %s: %s", path, e)

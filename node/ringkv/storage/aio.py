@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from ringkv.errors import StorageError
 from ringkv.storage.engine import Engine, EngineOptions
@@ -58,20 +58,26 @@ class AsyncEngine:
             else:
                 future.set_exception(StorageError(f"commit log write failed: {error}"))
 
-    async def write(self, key: bytes, value: bytes | None) -> None:
-        """Put (or delete with `value=None`) and return once durable per the engine's durability mode."""
+    async def write(self, key: bytes, value: bytes | None,
+                    on_visible: Callable[[int], None] | None = None) -> int:
+        """Put (or delete with `value=None`) and return once durable per the engine's durability mode; returns
+        the entry's sequence number. `on_visible(seq)` is called on the event loop as soon as the write is
+        visible to readers (before it is durable), with no await in between when the write did not stall."""
         if self.engine.write_would_stall():
-            ticket = await asyncio.to_thread(self.engine.write, key, value)
+            ticket, seq = await asyncio.to_thread(self.engine.write_entry, key, value)
         else:
-            ticket = self.engine.write(key, value)
+            ticket, seq = self.engine.write_entry(key, value)
+        if on_visible is not None:
+            on_visible(seq)
         if not self.engine.is_durable(ticket):  # durability off: it is already
             await self._durable(ticket)
+        return seq
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        await self.write(key, value)
+    async def put(self, key: bytes, value: bytes) -> int:
+        return await self.write(key, value)
 
-    async def delete(self, key: bytes) -> None:
-        await self.write(key, None)
+    async def delete(self, key: bytes) -> int:
+        return await self.write(key, None)
 
     async def get_entry(self, key: bytes) -> Entry | None:
         entry = self.engine.get_entry(key, memory_only=True)
@@ -100,6 +106,25 @@ class AsyncEngine:
             return out
 
         return await asyncio.to_thread(run)
+
+    async def scan_entries(self, start: bytes | None = None, end: bytes | None = None,
+                           limit: int | None = None) -> list[Entry]:
+        """Up to `limit` entries in [start, end), tombstones included (with their sequence numbers), in a
+        thread."""
+
+        def run() -> list[Entry]:
+            out: list[Entry] = []
+            for entry in self.engine.scan_entries(start, end):
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(entry)
+            return out
+
+        return await asyncio.to_thread(run)
+
+    @property
+    def last_seq(self) -> int:
+        return self.engine.last_seq
 
     async def flush(self) -> None:
         await asyncio.to_thread(self.engine.flush)

@@ -212,10 +212,15 @@ class Engine:
     def write(self, key: bytes, value: bytes | None) -> int:
         """Apply a put (or, with `value=None`, a delete) and return a commit-log ticket. Does not wait for
         durability: pass the ticket to `wait_durable` or `when_durable`. May block on a write stall."""
+        return self.write_entry(key, value)[0]
+
+    def write_entry(self, key: bytes, value: bytes | None) -> tuple[int, int]:
+        """Like `write`; returns (ticket, sequence number of the entry written)."""
         with self._write_lock:
             self._check_usable()
             self._seq += 1
-            entry = Entry(key, self._seq, value, self.options.clock_ms())
+            seq = self._seq
+            entry = Entry(key, seq, value, self.options.clock_ms())
             ticket = self._wal.append(entry)
             view = self._view
             view.active.put(entry)
@@ -225,7 +230,7 @@ class Engine:
             self.stats.deletes += 1
         else:
             self.stats.puts += 1
-        return ticket
+        return ticket, seq
 
     def put(self, key: bytes, value: bytes) -> None:
         self.wait_durable(self.write(key, value))
