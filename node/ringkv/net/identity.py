@@ -4,7 +4,8 @@ Format 2 (JSON; replaced atomically: temporary file, fsync, rename, directory fs
 
     {"format": 2, "node_id": str, "incarnation": str (hex), "tokens": [int, ...], "generation": int,
      "running": bool, "durability": "sync" | "batch" | "off" (of the run that wrote it),
-     "peers": [member state, as gossip's MemberState.to_wire, ...]}
+     "peers": [member state, as gossip's MemberState.to_wire, ...],
+     "data_seq": int (optional, 0 if absent: the storage engine's last sequence number when last saved)}
 
 Format 1 (before incarnations: `{"node_id", "tokens"}`) still loads; it has no incarnation, so the node takes
 one. An unreadable file is an error (the node refuses to start rather than guess who it is).
@@ -15,7 +16,9 @@ The rules (`decide`, pure):
   cleanly or that run's commit log fsynced before every acknowledgement (`sync`: then a crash loses only
   writes nobody was told of or shown; it is the durability of the run that stopped that counts, not this
   one's). Otherwise — a new or wiped data directory, a format 1 file, an unclean stop
-  under `batch`/`off` durability — a new random incarnation: the node's dots get a new actor
+  under `batch`/`off` durability, storage that lost data behind the node's back (tables the engine's
+  manifest names are missing, or the engine's sequence number is below the `data_seq` saved earlier:
+  files deleted or restored from an old copy) — a new random incarnation: the node's dots get a new actor
   (`ids.actor`), so none of them can repeat one its peers have already seen.
 - **Generation** (gossip's restart counter): `max(saved + 1, now_ms)`, persisted before the first gossip, so
   a node whose clock went backwards still starts a newer generation than its peers remember.
@@ -55,12 +58,13 @@ class Identity:
     running: bool = False
     peers: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
     durability: str = "sync"
+    data_seq: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps({
             "format": FORMAT, "node_id": self.node_id, "incarnation": self.incarnation,
             "tokens": list(self.tokens), "generation": self.generation, "running": self.running,
-            "durability": self.durability,
+            "durability": self.durability, "data_seq": self.data_seq,
             "peers": [dict(p) for p in self.peers],
         }, sort_keys=True).encode()
 
@@ -76,8 +80,11 @@ class Decision:
 
 
 def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_ms: int,
-           fresh_incarnation: str) -> Decision:
-    """The identity this start runs under (with `durability`), from what `node.json` held (None: no file)."""
+           fresh_incarnation: str, data_seq: int = 0, lost_tables: int = 0) -> Decision:
+    """The identity this start runs under (with `durability`), from what `node.json` held (None: no file);
+    `data_seq` is the storage engine's last sequence number now, `lost_tables` how many tables it found
+    missing."""
+    saved_seq = int((saved or {}).get("data_seq") or 0)
     if saved is None:
         reason = "new data directory"
     elif saved.get("node_id") != node_id:
@@ -86,6 +93,10 @@ def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_m
         reason = "the data directory predates incarnations"
     elif saved.get("running") and saved.get("durability") != "sync":
         reason = f"the previous run did not stop cleanly and its durability was {saved.get('durability')}"
+    elif lost_tables:
+        reason = f"storage lost {lost_tables} table(s) while the node was down"
+    elif data_seq < saved_seq:
+        reason = f"storage holds less than it did (sequence {data_seq} < {saved_seq}): data was lost or restored"
     else:
         reason = ""
     same_node = saved is not None and saved.get("node_id") == node_id
@@ -93,9 +104,10 @@ def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_m
     peers = tuple(p for p in (saved or {}).get("peers") or () if isinstance(p, dict)) if same_node else ()
     generation = max(int((saved or {}).get("generation") or 0) + 1, now_ms) if same_node else now_ms
     if reason:
-        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability)
+        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability, data_seq)
         return Decision(identity, True, reason)
-    identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers, durability)
+    identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers, durability,
+                        data_seq)
     return Decision(identity, False, "the previous run stopped cleanly" if not (saved or {}).get("running")
                     else "the previous run's durability was sync")
 

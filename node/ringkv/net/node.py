@@ -93,7 +93,8 @@ class ClusterNode:
     async def _open_identity(self) -> None:
         saved = await asyncio.to_thread(identity.load, self._identity_path)
         decision = identity.decide(saved, self.node_id, self.config.durability, time.time_ns() // 1_000_000,
-                                   identity.new_incarnation())
+                                   identity.new_incarnation(), self.engine.last_seq,
+                                   len(self.engine.engine.lost_tables))
         self.identity = decision.identity
         await self._persist_identity()
         self.replica.actor = ids.actor(self.node_id, self.identity.incarnation)
@@ -129,7 +130,8 @@ class ClusterNode:
             peers = tuple(s.to_wire() for n, s in self.membership.members.items()
                           if n != self.node_id and s.tokens and s.status in (Status.NORMAL, Status.LEAVING))
             try:
-                await self._persist_identity(peers=peers, generation=self.membership.local.generation)
+                await self._persist_identity(peers=peers, generation=self.membership.local.generation,
+                                             data_seq=self.engine.last_seq)
             except OSError as e:
                 log.error("could not save %s: %s", self._identity_path, e)
             await asyncio.sleep(1.0)  # a burst of gossip changes costs one write a second at most
@@ -137,7 +139,7 @@ class ClusterNode:
     async def finish(self) -> None:
         """After the data engine is closed: record the clean stop."""
         if hasattr(self, "identity"):
-            await self._persist_identity(running=False)
+            await self._persist_identity(running=False, data_seq=self.engine.last_seq)
 
     # -- start ----------------------------------------------------------------------------------------
 

@@ -107,6 +107,8 @@ class Engine:
         self._failure: BaseException | None = None
         self._lock_fd = -1
         self._seq = 0
+        self._manifest_seq = 0  # last_seq as the manifest records it: never decreases
+        self.lost_tables: list[int] = []  # tables the manifest named that were missing at open
         self._next_file = 1
         self._view: _View
         self._wal: CommitLog
@@ -132,7 +134,15 @@ class Engine:
         except BlockingIOError:
             raise StorageError(f"{self.path} is in use by another process") from None
         state = manifest.load(self.path) or manifest.ManifestState()
-        tables = tuple(SSTableReader(os.path.join(self.path, table_name(t)), t) for t in state.tables)
+        found = []
+        for t in state.tables:
+            try:
+                found.append(SSTableReader(os.path.join(self.path, table_name(t)), t))
+            except FileNotFoundError:  # deleted behind our back: open with what is left, and say so
+                log.error("storage: table %s named by the manifest is missing; its data is lost", table_name(t))
+                self.lost_tables.append(t)
+        tables = tuple(found)
+        self._manifest_seq = state.last_seq
         segments = [s for s in list_segments(self.path) if s >= state.log_floor]
         self._collect_garbage(state, segments)
         highest_file = max([state.next_file_id - 1, *state.tables, *segments])
@@ -186,8 +196,9 @@ class Engine:
             tables=tuple(t.info.table_id for t in tables),
             next_file_id=self._next_file,
             log_floor=log_floor,
-            last_seq=max([0, *(t.info.max_seq for t in tables)]),
+            last_seq=max([self._manifest_seq, *(t.info.max_seq for t in tables)]),
         )
+        self._manifest_seq = state.last_seq
         manifest.store(self.path, state)
 
     def _write_table(self, table_id: int, entries: Iterator[Entry],

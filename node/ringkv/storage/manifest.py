@@ -6,7 +6,8 @@ Format: one JSON file `MANIFEST`, replaced atomically (written aside, fsynced, r
      "state": {"tables": [newest-first table ids], "next_file_id": int, "log_floor": int, "last_seq": int}}
 
 - `log_floor`: every commit-log segment with a smaller id is already in a table and may be deleted.
-- `last_seq`: the highest sequence number in any live table (recovery resumes numbering above it).
+- `last_seq`: the highest sequence number any live table holds or any earlier manifest recorded (it never
+  decreases, even when compaction purges the newest entry; recovery resumes numbering above it).
 Any file in the directory not named by the manifest (a half-written table, a table replaced by a finished
 compaction) is garbage and is deleted at open.
 """
