@@ -231,26 +231,30 @@ class Replica:
             except CorruptionError:
                 pass  # quarantined below, under the lock
         async with self._locks.hold(key):
-            return await self._current(key)
+            return (await self._current(key))[0]
 
     async def _decoded(self, key: bytes) -> Record:
+        return (await self._decoded_raw(key))[0]
+
+    async def _decoded_raw(self, key: bytes) -> tuple[Record, bytes | None]:
         raw = await self.engine.get(storage_key(key))
         if raw is None:
-            return versions.empty_record()
+            return versions.empty_record(), None
         try:
-            return versions.decode_record(raw)
+            return versions.decode_record(raw), raw
         except InvalidRecordError as e:
             raise _CorruptRecord(self.engine.engine.path, key, raw, str(e)) from None
 
-    async def _current(self, key: bytes) -> Record:
-        """The local record, with the key's lock held: a corrupt one is quarantined and reads as empty."""
+    async def _current(self, key: bytes) -> tuple[Record, bytes | None]:
+        """The local record and its stored bytes, with the key's lock held: a corrupt one is quarantined and
+        reads as empty."""
         try:
-            return await self._decoded(key)
+            return await self._decoded_raw(key)
         except _CorruptRecord as corrupt:
             await self.quarantine.keep(key, corrupt.raw, corrupt.reason)
             await self._renew()
             await self._engine_write(key, None, corrupt.raw)
-            return versions.empty_record()
+            return versions.empty_record(), None
 
     async def _renew(self) -> None:
         async with self._renewing:
@@ -263,7 +267,7 @@ class Replica:
                 raise
             log.warning("dot actor renewed: %s -> %s", old, self.actor)
 
-    async def _store(self, key: bytes, record: Record, own: bool, previous: Record) -> None:
+    async def _store(self, key: bytes, record: Record, own: bool, previous: bytes | None) -> None:
         """Put `record` and wait for it to be durable, holding the caller's key lock throughout, even if the
         caller is cancelled (a dropped connection cancels its handlers): releasing the lock before the fsync
         would let a lock-free read see a version that is not durable. A failed put of our own new version
@@ -271,10 +275,8 @@ class Replica:
 
         async def put() -> None:
             encoded = versions.encode_record(record)
-            # Re-encoding the previous record is work the write itself does not need: only for observers.
-            old = versions.encode_record(previous) if self.observers and previous.versions else None
             try:
-                await self._engine_write(key, encoded, old, deleted_at(record))
+                await self._engine_write(key, encoded, previous, deleted_at(record))
             except StorageError:
                 if own:
                     await self._renew()
@@ -308,20 +310,20 @@ class Replica:
             raise StorageError("this node could not renew its dot actor after a storage failure; it takes no "
                                "writes until restarted")
         async with self._locks.hold(key):
-            current = await self._current(key)
+            current, raw = await self._current(key)
             if context is not None:
                 self._check_context(current, context)
             updated = versions.update(current, context, self.actor, value, self._clock_ms(), self.floor)
-            await self._store(key, updated, own=True, previous=current)
+            await self._store(key, updated, own=True, previous=raw)
             return updated
 
     async def merge_in(self, key: bytes, incoming: Record) -> Record:
         """Merge a record from another replica into the local one; durable on return. Returns the result."""
         async with self._locks.hold(key):
-            current = await self._current(key)
+            current, raw = await self._current(key)
             merged = versions.merge(current, incoming)
             if merged != current:
-                await self._store(key, merged, own=False, previous=current)
+                await self._store(key, merged, own=False, previous=raw)
             return merged
 
     async def reap(self, key: bytes, digest: bytes) -> bool:
