@@ -1,4 +1,5 @@
-"""The `ringkv` command line: `node`, `run`, and the client verbs `put`, `get`, `delete`."""
+"""The `ringkv` command line: `node`, `run`, the client verbs `put`, `get`, `delete`, and `bench`, `check`,
+`repair`."""
 
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ringkv.check import cli as check_cli
 
     check_cli.add_parser(sub)
+    from ringkv import repair_cli
+
+    repair_cli.add_parser(sub)
     return parser
 
 
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from ringkv.check import cli as check_cli
 
         return check_cli.main(args)
+    if args.command == "repair":
+        from ringkv import repair_cli
+
+        return repair_cli.main(args)
     if args.command == "node":
         from ringkv import server
 

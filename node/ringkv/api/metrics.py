@@ -1,13 +1,14 @@
 """Prometheus metrics of a node: prefix `ringkv_`, base units, `_total` counters, bounded label values.
 
-Each app gets its own registry (several nodes can live in one test process). Storage figures are read from
-the engine when scraped (a custom collector), so the hot path only bumps plain integers.
+Each app gets its own registry (several nodes can live in one test process). Storage, cluster and
+anti-entropy figures are read from the engine and the node when scraped (custom collectors), so the hot path
+only bumps plain integers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -23,6 +24,8 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    2.5)
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+EXCHANGE_RESULTS = ("in_sync", "repaired", "failed", "unavailable", "skipped")  # AntiEntropy's results
+OPERATION_KINDS = ("repair",)  # always exposed (0 when none runs), so the series never vanishes
 
 
 class StorageCollector(Collector):
@@ -87,6 +90,8 @@ class ClusterCollector(Collector):
         yield CounterMetricFamily("ringkv_hints_delivered_bytes", "Bytes of hinted records delivered",
                                   h.delivered_bytes)
         yield CounterMetricFamily("ringkv_hints_corrupt", "Undecodable hints dropped", h.corrupt)
+        yield CounterMetricFamily("ringkv_hints_expired",
+                                  "Hints dropped undelivered for being older than the tombstone grace", h.expired)
         yield CounterMetricFamily("ringkv_hints_refused_past_window",
                                   "Hints not taken because their target was down longer than the hint window",
                                   c.hints_refused_past_window)
@@ -107,6 +112,81 @@ class ClusterCollector(Collector):
         ready = GaugeMetricFamily("ringkv_node_ready", "1 once the node has heard the ring and takes traffic")
         ready.add_metric([], 1 if node.ready else 0)
         yield ready
+        running = GaugeMetricFamily("ringkv_operations_running", "Admin operations (repair...) running, by kind",
+                                    labels=["kind"])
+        kinds = dict.fromkeys(OPERATION_KINDS, 0)
+        for op in node.operations.running():
+            kinds[op.kind] = kinds.get(op.kind, 0) + 1
+        for kind, count in sorted(kinds.items()):
+            running.add_metric([kind], count)
+        yield running
+
+
+class AntiEntropyCollector(Collector):
+    """Merkle-tree exchanges, trees, tombstone collection and range verification, read from the node when
+    scraped; nothing at all until the node has started anti-entropy."""
+
+    def __init__(self, node: Callable[[], ClusterNode | None]) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node()
+        aae = node.antientropy if node is not None else None
+        if aae is None:
+            return
+        s = aae.stats
+        exchanges = CounterMetricFamily("ringkv_antientropy_exchanges",
+                                        "Anti-entropy exchanges of one range with one peer, by result",
+                                        labels=["result"])
+        for result in dict.fromkeys((*EXCHANGE_RESULTS, *sorted(s.exchanges))):
+            exchanges.add_metric([result], s.exchanges.get(result, 0))
+        yield exchanges
+        yield CounterMetricFamily("ringkv_antientropy_hashes_compared", "Merkle node hashes compared with peers",
+                                  s.hashes_compared)
+        yield CounterMetricFamily("ringkv_antientropy_leaves_compared", "Differing Merkle leaves whose keys were "
+                                  "compared", s.leaves_compared)
+        yield CounterMetricFamily("ringkv_antientropy_keys_compared", "Keys compared with peers by digest",
+                                  s.keys_compared)
+        repaired = CounterMetricFamily("ringkv_antientropy_keys_repaired",
+                                       "Records repaired: merged here from a peer (pulled) or sent to one (pushed)",
+                                       labels=["direction"])
+        repaired.add_metric(["pulled"], s.keys_pulled)
+        repaired.add_metric(["pushed"], s.keys_pushed)
+        yield repaired
+        yield CounterMetricFamily("ringkv_antientropy_bytes", "Bytes of records moved by exchanges", s.bytes)
+        trees = aae.trees
+        yield CounterMetricFamily("ringkv_antientropy_tree_builds", "Merkle trees built from a scan", trees.builds)
+        yield CounterMetricFamily("ringkv_antientropy_tree_build_seconds", "Seconds spent building Merkle trees",
+                                  trees.build_seconds_total)
+        yield CounterMetricFamily("ringkv_antientropy_tree_heals", "Merkle leaves rebuilt after disagreeing with "
+                                  "a scan", trees.heals)
+        ready = sum(1 for t in trees.trees.values() if t.ready)
+        states = GaugeMetricFamily("ringkv_antientropy_trees", "Merkle trees of this node's ranges, by state",
+                                   labels=["state"])
+        states.add_metric(["ready"], ready)
+        states.add_metric(["building"], len(trees.trees) - ready)
+        yield states
+        yield GaugeMetricFamily("ringkv_antientropy_tree_keys", "Keys held in this node's Merkle trees",
+                                sum(t.tree.count for t in trees.trees.values()))
+        yield GaugeMetricFamily("ringkv_antientropy_tombstones", "Local tombstones awaiting collection",
+                                len(trees.tombstones))
+        yield CounterMetricFamily("ringkv_antientropy_tombstones_reaped",
+                                  "Tombstones collected once every replica held them", s.reaped)
+        yield CounterMetricFamily("ringkv_antientropy_reap_checks", "Reap checks asked of peers", s.reap_checks)
+        now = time.monotonic()  # one instant for every range, so the oldest is exactly the largest age
+        ages = GaugeMetricFamily("ringkv_antientropy_range_verified_age_seconds",
+                                 "Seconds since a range of this node was compared with every other replica (since "
+                                 "start if never)", labels=["range"])
+        oldest = 0.0  # as AntiEntropy.oldest_unverified_s()
+        for range_id, replica_range in sorted(aae.ranges.items()):
+            verified = aae.range_verified_at(range_id)
+            age = now - (aae.started_at if verified is None else verified)
+            ages.add_metric([replica_range.name], age)
+            oldest = max(oldest, age)
+        yield ages
+        yield GaugeMetricFamily("ringkv_antientropy_oldest_unverified_seconds",
+                                "Seconds since the least recently verified range was compared with every replica "
+                                "(since start if never)", oldest)
 
 
 class NodeMetrics:
@@ -116,6 +196,8 @@ class NodeMetrics:
         self.registry.register(self.storage)
         self.cluster = ClusterCollector()
         self.registry.register(self.cluster)
+        self.antientropy = AntiEntropyCollector(lambda: self.cluster.node)
+        self.registry.register(self.antientropy)
         self.transitions = Counter("ringkv_gossip_transitions", "Peers judged up or down by the failure detector",
                                    ["to"], registry=self.registry)
         self.refusals = Counter("ringkv_internode_refused_connections",

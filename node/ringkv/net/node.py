@@ -233,6 +233,8 @@ class ClusterNode:
         except OSError as e:
             log.warning("could not read %s: %s", path, e)
             saved = None
+        if self.engine.engine.lost_tables:
+            saved = None  # the saved trees describe data that is gone: rebuild them from what is left
         taken = self.trees.install(saved, self.engine.last_seq)
         if taken:
             log.info("loaded %d anti-entropy trees saved at the last clean stop", taken)
