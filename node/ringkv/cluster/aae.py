@@ -13,9 +13,11 @@ Schedule
 Every (range, peer) pair is due `interval_s` after its last exchange, less up to `jitter` of it (so that
 nodes started together drift apart), and a new pair is due after a random fraction of `first_delay_s`. The
 loop runs the most overdue pair, at most `ranges_per_s` a second. A pair whose exchange stopped at the key
-bound is due again after `retry_s`: it has more to repair. With the defaults (60 s, 4 exchanges a second)
-every range a node replicates is compared with every other replica at least once a minute while the node
-has up to 240 (range, peer) pairs, i.e. up to ~40 nodes with 16 tokens each and RF 3.
+bound is due again after `retry_s`: it has more to repair. With the defaults (60 s, 10% jitter, 4 exchanges a
+second) a pair comes due 54-60 s after its last exchange, and the loop keeps up while a node has fewer than
+about 4 x 54 = 216 (range, peer) pairs (~35 nodes with 16 tokens each and RF 3): then every range it
+replicates is compared with every other replica at least once a minute. Past that, pairs queue and gaps
+grow (`ringkv_antientropy_oldest_unverified_seconds` shows it): raise `ranges_per_s`.
 
 Tombstones
 ----------

@@ -62,6 +62,7 @@ MAX_LEAVES = 1024
 MAX_KEYS = 1024
 LEAF_CHUNK = 256
 KEY_CHUNK = 256
+MAX_KEY_BYTES = 10 * 1024  # a key and its value are under 10 KB
 
 Call = Callable[[NodeId, str, dict[str, Any], float], Awaitable[Any]]
 
@@ -352,7 +353,7 @@ class AntiEntropy:
             raise RequestError("bad_request", "an anti-entropy call takes a map")
         try:
             shape = merkle.Shape(int(body["lo"]), int(body["hi"]), int(body["leaves"]), int(body["fanout"]))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise RequestError("bad_request", f"malformed tree shape: {e}") from None
         target = self.trees.get(shape.lo, shape.hi)
         if not self.settings.enabled or target is None or target.shape != shape or not target.ready:
@@ -392,8 +393,7 @@ class AntiEntropy:
             raise RequestError("bad_request", f"records must be a list of at most {MAX_KEYS}")
         parsed = []
         for item in records:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)
-                    and isinstance(item[1], bytes)):
+            if not (isinstance(item, list) and len(item) == 2 and _is_key(item[0]) and isinstance(item[1], bytes)):
                 raise RequestError("bad_request", "each record must be [key, record]")
             parsed.append((item[0], versions.decode_record(item[1])))  # InvalidRecordError: refused whole
         for key, record in parsed:
@@ -406,8 +406,7 @@ class AntiEntropy:
             raise RequestError("bad_request", f"keys must be a list of at most {MAX_KEYS}")
         out = []
         for item in items:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)
-                    and isinstance(item[1], bytes)):
+            if not (isinstance(item, list) and len(item) == 2 and _is_key(item[0]) and isinstance(item[1], bytes)):
                 raise RequestError("bad_request", "each entry must be [key, digest]")
             record = await self.replica.read(item[0])
             out.append(not record.versions or merkle.record_digest(versions.encode_record(record)) == item[1])
@@ -440,10 +439,15 @@ class AntiEntropy:
 
     async def _reap_chunk(self, replica_range: ReplicaRange, keys: list[bytes]) -> int:
         digests: dict[bytes, bytes] = {}
+        now_ms = self.clock_ms()
         for key in keys:
             record = await self.replica.read(key)
-            if versions.deleted_at(record) is None:
+            deleted_at_ms = versions.deleted_at(record)
+            if deleted_at_ms is None:
                 self.trees.tombstones.pop(key, None)  # rewritten (or gone) since: not a tombstone any more
+                continue
+            if not aae.past_grace(deleted_at_ms, now_ms, self.settings.tombstone_grace_s):
+                self.trees.tombstones[key] = deleted_at_ms  # deleted again since the registry noted it
                 continue
             digests[key] = merkle.record_digest(versions.encode_record(record))
         if not digests:
@@ -559,9 +563,13 @@ def _int_list(value: Any, limit: int, name: str) -> list[int]:
 
 
 def _bytes_list(value: Any, limit: int, name: str) -> list[bytes]:
-    if not isinstance(value, list) or len(value) > limit or any(not isinstance(v, bytes) for v in value):
-        raise RequestError("bad_request", f"{name} must be a list of at most {limit} byte strings")
+    if not isinstance(value, list) or len(value) > limit or any(not _is_key(v) for v in value):
+        raise RequestError("bad_request", f"{name} must be a list of at most {limit} keys")
     return value
+
+
+def _is_key(value: Any) -> bool:
+    return isinstance(value, bytes) and 0 < len(value) <= MAX_KEY_BYTES
 
 
 def _parse_leaves(reply: Any, asked: set[int]) -> dict[int, dict[bytes, bytes]]:

@@ -81,6 +81,7 @@ class _Build:
     reading: bool = False
     held: list[tuple[Change, int]] = field(default_factory=list)
     applied: dict[bytes, int] = field(default_factory=dict)
+    reported: dict[bytes, int] = field(default_factory=dict)  # newest change seen per key during the build
     late_until: float = 0.0
 
     def has_scanned(self, key: bytes) -> bool:
@@ -180,6 +181,7 @@ class TreeSet:
             return  # not a key of a range we replicate (a hint for ourselves, a stale copy)
         build = target.build
         if build is not None:
+            build.reported[change.key] = change.seq
             if build.reading:
                 build.held.append((change, token))
                 return
@@ -223,8 +225,9 @@ class TreeSet:
                 for leaf, delta, count in contribution.leaves:
                     leaves[leaf] ^= delta
                     target.tree.count += count
-                for key, deleted_at_ms in contribution.tombstones:
-                    self.tombstones[key] = deleted_at_ms
+                for key, deleted_at_ms, seq in contribution.tombstones:
+                    if build.reported.get(key, 0) < seq:  # not superseded by a change reported meanwhile
+                        self.tombstones[key] = deleted_at_ms
                 for key, _, seq in entries:
                     if seq > build.s0:
                         build.applied[key] = max(seq, build.applied.get(key, 0))
@@ -272,8 +275,9 @@ class TreeSet:
         covered: list[int] = []
         wanted = set(leaves)
         total = 0
+        engine = self.replica.engine
         for first, last in _runs(leaves):
-            changes = target.changes
+            changes, stalls = target.changes, engine.unreported_started + engine.unreported
             lo, hi = target.shape.leaf_bounds(first, last)
             run: dict[int, dict[bytes, bytes]] = {leaf: {} for leaf in range(first, last + 1)}
             cursor: bytes | None = None
@@ -283,7 +287,8 @@ class TreeSet:
                     run[target.shape.leaf_of(token_for(key))][key] = merkle.record_digest(value)
                 if cursor is None:
                     break
-            if target.ready and target.changes == changes:
+            quiet = target.changes == changes and engine.unreported_started + engine.unreported == stalls
+            if target.ready and quiet and not engine.unreported:  # no change the scan may have seen unreported
                 for leaf, digests in run.items():
                     self._heal(target, leaf, digests)
             for leaf in range(first, last + 1):
@@ -363,14 +368,14 @@ class TreeSet:
 @dataclass
 class _Contribution:
     leaves: list[tuple[int, int, int]]  # (leaf, xor of entries, keys)
-    tombstones: list[tuple[bytes, int]]
+    tombstones: list[tuple[bytes, int, int]]  # (key, deleted at, seq)
 
 
 def _contributions(shape: Shape, entries: list[tuple[bytes, bytes | None, int]]) -> _Contribution:
     """A batch's share of the tree (computed in a thread)."""
     acc: dict[int, list[int]] = {}
-    tombstones: list[tuple[bytes, int]] = []
-    for key, value, _ in entries:
+    tombstones: list[tuple[bytes, int, int]] = []
+    for key, value, seq in entries:
         if value is None:
             continue
         leaf = shape.leaf_of(token_for(key))
@@ -383,7 +388,7 @@ def _contributions(shape: Shape, entries: list[tuple[bytes, bytes | None, int]])
             except Exception:  # a corrupt record: the replica quarantines it when it is read
                 continue
             if when is not None:
-                tombstones.append((key, when))
+                tombstones.append((key, when, seq))
     return _Contribution([(leaf, v[0], v[1]) for leaf, v in acc.items()], tombstones)
 
 

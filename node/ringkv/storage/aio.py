@@ -25,6 +25,8 @@ class AsyncEngine:
         self._settle_lock = threading.Lock()
         self._settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
         self._wakeup_pending = False
+        self.unreported = 0  # writes running in a thread: possibly visible, `on_visible` not yet called
+        self.unreported_started = 0
 
     @classmethod
     async def open(cls, path: str, options: EngineOptions | None = None) -> AsyncEngine:
@@ -64,11 +66,20 @@ class AsyncEngine:
         the entry's sequence number. `on_visible(seq)` is called on the event loop as soon as the write is
         visible to readers (before it is durable), with no await in between when the write did not stall."""
         if self.engine.write_would_stall():
-            ticket, seq = await asyncio.to_thread(self.engine.write_entry, key, value)
+            # Visible in the thread, reported back here later: readers that must not see a write before it is
+            # reported (anti-entropy's leaf heals) check `unreported`.
+            self.unreported += 1
+            self.unreported_started += 1
+            try:
+                ticket, seq = await asyncio.to_thread(self.engine.write_entry, key, value)
+                if on_visible is not None:
+                    on_visible(seq)
+            finally:
+                self.unreported -= 1
         else:
             ticket, seq = self.engine.write_entry(key, value)
-        if on_visible is not None:
-            on_visible(seq)
+            if on_visible is not None:
+                on_visible(seq)
         if not self.engine.is_durable(ticket):  # durability off: it is already
             await self._durable(ticket)
         return seq
