@@ -134,10 +134,12 @@ class TreeSet:
     # -- which trees ----------------------------------------------------------------------------------
 
     def set_ranges(self, ranges: Iterable[ReplicaRange]) -> list[RangeTree]:
-        """Keep a tree for exactly these ranges; returns the new ones (to build). Trees of ranges that did not
-        change (same bounds and replicas) are kept as they are."""
+        """Keep a tree for exactly these ranges; returns the new ones (to build). The tree of a range whose
+        bounds did not change is kept as it is (a tree covers tokens, whoever else replicates them)."""
         wanted = {r.id: r for r in ranges}
-        kept = {rid: t for rid, t in self.trees.items() if rid in wanted and t.range == wanted[rid]}
+        kept = {rid: t for rid, t in self.trees.items() if rid in wanted}
+        for rid, t in kept.items():
+            t.range = wanted[rid]
         new = [RangeTree(r, r.shape(self.total_leaves, self.fanout)) for rid, r in sorted(wanted.items())
                if rid not in kept]
         self.trees = {**kept, **{t.range.id: t for t in new}}
