@@ -20,3 +20,6 @@ manifests:  ## regenerate manifests/ from the chart
 	bash tools/bootstrap && .venv/bin/python tools/render-manifests
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis
+.PHONY: antientropy-bench
+antientropy-bench:  ## anti-entropy repair of 1% stale keys (100k x 1 KB, 3 nodes) next to a naive full comparison, and its CPU cost; KEYS=, CPU_WINDOW= override
+	bash tools/bootstrap && .venv/bin/python bench/antientropy.py --keys $(or $(KEYS),100000) --cpu-window $(or $(CPU_WINDOW),60)

@@ -313,30 +313,34 @@ class AntiEntropy:
             await self.limiter.acquire(moved)
             out.bytes += moved
             self.stats.bytes += moved
-        push: list[list[bytes]] = []
-        for key, mine, _ in keys:
+
+        async def settle(key: bytes, mine: bytes | None) -> list[bytes] | None:
+            """Merge the peer's record of `key` here; the record to push back, if the peer lacks any of it."""
             raw = fetched.get(key)
             if raw is not None:
                 incoming = versions.decode_record(raw)
                 if mine is None and aae.past_grace(versions.deleted_at(incoming), now_ms, grace):
-                    continue  # a tombstone on its way out: not copied to a replica that lacks the key
+                    return None  # a tombstone on its way out: not copied to a replica that lacks the key
                 before = await self.replica.read(key)
-                merged = await self.replica.merge_in(key, incoming)
-                if merged != before:
+                record = await self.replica.merge_in(key, incoming)
+                if record != before:
                     out.pulled += 1
                     self.stats.keys_pulled += 1
-                record = merged
             else:
                 record = await self.replica.read(key)
                 if not record.versions:
-                    continue  # gone on both sides meanwhile
+                    return None  # gone on both sides meanwhile
             encoded = versions.encode_record(record)
             if raw is not None and merkle.record_digest(encoded) == merkle.record_digest(raw):
-                continue  # the peer already holds exactly this
+                return None  # the peer already holds exactly this
             if raw is None and not aae.should_copy(aae.past_grace(versions.deleted_at(record), now_ms, grace),
                                                    theirs_present=False):
-                continue
-            push.append([key, encoded])
+                return None
+            return [key, encoded]
+
+        # All at once: each merge waits for its own durability, and one group commit serves them all.
+        settled = await asyncio.gather(*(settle(key, mine) for key, mine, _ in keys))
+        push = [item for item in settled if item is not None]
         if push:
             moved = sum(len(r) for _, r in push)
             await self.limiter.acquire(moved)
@@ -381,11 +385,8 @@ class AntiEntropy:
 
     async def handle_fetch(self, body: Any, peer: str) -> Any:
         keys = _bytes_list(body.get("keys") if isinstance(body, dict) else None, MAX_KEYS, "keys")
-        out: list[bytes | None] = []
-        for key in keys:
-            record = await self.replica.read(key)
-            out.append(versions.encode_record(record) if record.versions else None)
-        return out
+        records = await asyncio.gather(*(self.replica.read(key) for key in keys))
+        return [versions.encode_record(r) if r.versions else None for r in records]
 
     async def handle_push(self, body: Any, peer: str) -> Any:
         records = body.get("records") if isinstance(body, dict) else None
@@ -396,8 +397,7 @@ class AntiEntropy:
             if not (isinstance(item, list) and len(item) == 2 and _is_key(item[0]) and isinstance(item[1], bytes)):
                 raise RequestError("bad_request", "each record must be [key, record]")
             parsed.append((item[0], versions.decode_record(item[1])))  # InvalidRecordError: refused whole
-        for key, record in parsed:
-            await self.replica.merge_in(key, record)
+        await asyncio.gather(*(self.replica.merge_in(key, record) for key, record in parsed))  # one group commit
         return len(parsed)
 
     async def handle_reap_check(self, body: Any, peer: str) -> Any:
@@ -550,7 +550,9 @@ class AntiEntropy:
         s = self.stats
         return {"enabled": self.settings.enabled, "ranges": ranges, "tombstones": len(self.trees.tombstones),
                 "tree_builds": self.trees.builds, "tree_build_seconds": round(self.trees.build_seconds_total, 3),
-                "tree_heals": self.trees.heals, "exchanges": dict(s.exchanges), "keys_compared": s.keys_compared,
+                "tree_heals": self.trees.heals, "exchanges": dict(s.exchanges),
+                "hashes_compared": s.hashes_compared, "leaves_compared": s.leaves_compared,
+                "keys_compared": s.keys_compared,
                 "keys_pulled": s.keys_pulled, "keys_pushed": s.keys_pushed, "bytes": s.bytes,
                 "reaped": s.reaped, "floor": self.replica.floor,
                 "oldest_unverified_s": round(self.oldest_unverified_s(), 3)}

@@ -68,7 +68,7 @@ class ClusterNode:
         self.replica = Replica(engine, self.node_id, renew_actor=self._renew_actor,
                                quarantine=Quarantine(os.path.join(config.data_dir, QUARANTINE_DIR)))
         self.peers = Peers(config.cluster_name, self.node_id)
-        self.trees = TreeSet(self.replica, total_leaves=config.aae_tree_leaves)
+        self.trees = TreeSet(self.replica, total_leaves=config.aae_tree_leaves, track=config.aae_enabled)
         self.operations = Operations()
         self.antientropy: AntiEntropy | None = None
         self._aae_tracking = False

@@ -116,7 +116,8 @@ class RangeTree:
 
 
 class TreeSet:
-    def __init__(self, replica: Replica, total_leaves: int = 65536, fanout: int = 16, batch: int = 512) -> None:
+    def __init__(self, replica: Replica, total_leaves: int = 65536, fanout: int = 16, batch: int = 512,
+                 track: bool = True) -> None:
         self.replica = replica
         self.total_leaves = total_leaves
         self.fanout = fanout
@@ -129,7 +130,8 @@ class TreeSet:
         self.build_seconds_total = 0.0
         self.heals = 0
         self.loaded = False
-        replica.observers.append(self.observe)
+        if track:  # anti-entropy off: no trees to keep, and no cost on the write path
+            replica.observers.append(self.observe)
 
     # -- which trees ----------------------------------------------------------------------------------
 
