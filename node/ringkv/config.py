@@ -63,6 +63,8 @@ class NodeConfig:
     aae_max_keys: int = 10_000
     aae_tree_leaves: int = 65536
     tombstone_grace_s: float = 24 * 3600.0
+    # topology changes
+    stream_mb_s: float = 32.0
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
@@ -148,6 +150,7 @@ _HELP = {
     "aae_mb_s": "anti-entropy repair traffic limit in MB/s per node (0: unlimited)",
     "aae_max_keys": "keys repaired per exchange at most (the range is compared again soon when reached)",
     "aae_tree_leaves": "Merkle leaves for the whole ring (a range gets its share); the same on every node",
+    "stream_mb_s": "range streaming (joins) rate limit in MB/s per receiving node (0: unlimited)",
     "tombstone_grace_s": "a deleted record is collected once every replica holds it and it is this old; hints "
                          "older than this are dropped",
 }

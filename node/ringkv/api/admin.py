@@ -25,8 +25,14 @@ async def ring(request: web.Request) -> web.Response:
     ring = coordinator.ring
     n = coordinator.settings.replication
     ownership = ring.ownership(n) if len(ring) else {}
+    views = ring_views(node)
     body: dict[str, Any] = {
         "digest": coordinator.ring_digest,
+        "view": node.view_digest,
+        "agreed": len(set(views.values())) <= 1,
+        "views": views,
+        "joining": sorted(p for p in (coordinator.future.nodes if coordinator.future is not None else ())
+                          if p not in ring),
         "conflicts": list(node.ring_conflicts),
         "replication_factor": n,
         "read_quorum": coordinator.settings.read_quorum,
@@ -43,6 +49,32 @@ async def ring(request: web.Request) -> web.Response:
     if request.query.get("tokens") == "1":
         body["tokens"] = [[t, o] for t, o in zip(ring.tokens, ring.owners, strict=True)]
     return json_response(body)
+
+
+def ring_views(node: Any) -> dict[str, str]:
+    """The view of the ring (digest, with the future ring's while a change is in flight) each live member
+    gossips; all equal when the cluster agrees."""
+    out = {}
+    for state in node.membership.members.values():
+        if state.node_id == node.node_id:
+            out[state.node_id] = node.view_digest
+        elif node.gossiper.is_up(state.node_id) and state.status.value in ("normal", "leaving"):
+            out[state.node_id] = state.ring
+    return out
+
+
+@admin_routes.get("/admin/v1/node")
+async def node_state(request: web.Request) -> web.Response:
+    """This node: its mode (starting, joining, normal, leaving, stopping), identity, view of the ring and
+    whether every live member shares it, and the ranges it is streaming in."""
+    node = request.app[keys.NODE]
+    views = ring_views(node)
+    return json_response({
+        "node_id": node.node_id, "mode": node.mode, "ready": node.ready, "actor": node.replica.actor,
+        "ring": node.coordinator.ring_digest, "view": node.view_digest,
+        "agreed": len(set(views.values())) <= 1, "views": views,
+        "streaming": [p.to_json() for p in node.join_progress],
+    })
 
 
 @admin_routes.get("/admin/v1/members")

@@ -50,6 +50,7 @@ class MemberState:
     datacenter: str = "dc1"
     rack: str = "rack1"
     capacity: float = 1.0
+    ring: str = ""  # the digest of the ring this member places keys on ("" unknown): agreement is visible
 
     @property
     def freshness(self) -> tuple[int, int]:
@@ -59,7 +60,7 @@ class MemberState:
         return {
             "id": self.node_id, "gen": self.generation, "ver": self.version, "status": self.status.value,
             "host": self.host, "http": self.http_port, "peer": self.peer_port, "tokens": list(self.tokens),
-            "dc": self.datacenter, "rack": self.rack, "cap": self.capacity,
+            "dc": self.datacenter, "rack": self.rack, "cap": self.capacity, "ring": self.ring,
         }
 
     @classmethod
@@ -71,6 +72,7 @@ class MemberState:
                 status=Status(doc["status"]), host=str(doc["host"]), http_port=int(doc["http"]),
                 peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
                 datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
+                ring=str(doc.get("ring") or "")[:32],  # absent from a sender that predates it
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed member state: {e!r}") from None

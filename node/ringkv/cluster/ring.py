@@ -39,7 +39,9 @@ more than their part. Only ranges whose placement walk crosses the split point a
 token costs O(tokens * walk length) walks. With per-datacenter replication only the joining node's
 datacenter is modelled (the others' replicas do not depend on its tokens). The first node (of the ring or
 of its datacenter) gets evenly spaced tokens. Everything is deterministic: the same ring and node always
-give the same tokens; the joining order matters, as in Cassandra.
+give the same tokens; the joining order matters, as in Cassandra. Each split point is moved by a tiny
+offset derived from the node id (within 1/1024 of the range), so two different nodes allocating against the
+same ring never pick the same tokens.
 
 Joining only inserts tokens, so keys move only to the new node (about 1/(n+1) of them); leaving only
 removes tokens, so only the leaver's keys move.
@@ -478,7 +480,9 @@ def allocate_tokens(
     allocation = _Allocation(ring, node, replication)
     if not allocation.tokens:  # the first node (of the ring, or of its datacenter): spread evenly
         step = RING_SIZE // count
-        return tuple(sorted(allocation.claim(TOKEN_MIN + step // 2 + k * step) for k in range(count)))
+        rotation = _jitter(node.node_id, 0, step) + step // 2  # two datacenters' first nodes never coincide
+        return tuple(sorted(allocation.claim((TOKEN_MIN + rotation + k * step - TOKEN_MIN) % RING_SIZE + TOKEN_MIN)
+                            for k in range(count)))
     existing = allocation.owners.count(node.node_id)
     placed: list[Token] = []
     for k in range(1, count + 1):
@@ -568,6 +572,7 @@ class _Allocation:
             raise ValueError("no room left on the ring for another token")
         _, j, offset = best
         start, width = self.tokens[j - 1], self.widths[j]
+        offset += _jitter(self.new, start, width)
         for delta in range(width):  # step aside from tokens of other datacenters
             for o in (offset + delta, offset - delta):
                 token = (start + o - TOKEN_MIN) % RING_SIZE + TOKEN_MIN
@@ -616,6 +621,16 @@ class _Allocation:
         s = min(max(-b / (2 * a), low), high) if a > 0 else (high if b < 0 else low)
         offset = min(max(round(s * RING_SIZE), 1), self.widths[j] - 1)
         return a * s * s + b * s + k, offset
+
+
+def _jitter(node_id: NodeId, start: int, width: int) -> int:
+    """A small offset, within +-1/1024 of `width`, that depends on the node id: two nodes allocating against
+    the same ring at the same moment (which one-change-at-a-time should prevent) still get distinct tokens."""
+    span = width // 1024
+    if span < 2:
+        return 0
+    h = int.from_bytes(mmh3.hash_bytes(f"{node_id}|{start}".encode())[:8], "big")
+    return h % (2 * span + 1) - span
 
 
 def _add(acc: dict[NodeId, float], plus: Iterable[NodeId], minus: Iterable[NodeId], amount: float) -> None:

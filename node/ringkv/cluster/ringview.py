@@ -6,6 +6,9 @@ the ring cannot hold both: rather than each node keeping whichever "last good ri
 member whose id sorts later is left out, on every node alike, and the conflict is reported (logged and
 counted by the caller, shown by `GET /admin/v1/ring`).
 
+Members joining with pending tokens and members leaving make a *future* ring (`RingView.future`): where
+keys will live once those changes are done, for the coordinator's pending replicas (`cluster.topology`).
+
 `digest` is a short hash of the ring's contents (node ids, placement attributes and tokens), carried in
 gossip and on internode requests so that diverged views are detected. Pure.
 """
@@ -30,6 +33,13 @@ class RingView:
     digest: str
     excluded: tuple[NodeId, ...]  # members left out for claiming a token another member holds
     conflicts: tuple[str, ...]  # one line per exclusion
+    future: Ring | None = None  # the ring once the changes in flight are done (None: none in flight)
+    joining: tuple[NodeId, ...] = ()  # members joining with their pending tokens
+    leaving: tuple[NodeId, ...] = ()
+
+    @property
+    def changing(self) -> bool:
+        return self.future is not None
 
 
 def digest(ring: Ring) -> str:
@@ -43,6 +53,7 @@ def digest(ring: Ring) -> str:
 
 
 def ring_from_members(states: Iterable[MemberState]) -> RingView:
+    states = list(states)
     placing = sorted((s for s in states if s.tokens and s.status in PLACING), key=lambda s: s.node_id)
     owner: dict[int, NodeId] = {}
     assignments: dict[NodeInfo, tuple[int, ...]] = {}
@@ -59,4 +70,19 @@ def ring_from_members(states: Iterable[MemberState]) -> RingView:
             owner[t] = state.node_id
         assignments[NodeInfo(state.node_id, state.datacenter, state.rack, state.capacity)] = state.tokens
     ring = Ring(assignments)
-    return RingView(ring, digest(ring), tuple(excluded), tuple(conflicts))
+    # Changes in flight: joiners with pending tokens enter the future ring (unless a token clashes), leavers
+    # leave it.
+    joining: list[NodeId] = []
+    future_assignments = {info: tokens for info, tokens in assignments.items()}
+    for state in sorted((s for s in states if s.tokens and s.status == Status.JOINING), key=lambda s: s.node_id):
+        if any(t in owner for t in state.tokens):
+            conflicts.append(f"{state.node_id} cannot join: a pending token of it is claimed by another member")
+            continue
+        for t in state.tokens:
+            owner[t] = state.node_id
+        future_assignments[NodeInfo(state.node_id, state.datacenter, state.rack, state.capacity)] = state.tokens
+        joining.append(state.node_id)
+    leaving = tuple(s.node_id for s in placing if s.status == Status.LEAVING and s.node_id not in excluded)
+    future_assignments = {i: t for i, t in future_assignments.items() if i.node_id not in leaving}
+    future = Ring(future_assignments) if joining or leaving else None
+    return RingView(ring, digest(ring), tuple(excluded), tuple(conflicts), future, tuple(joining), leaving)

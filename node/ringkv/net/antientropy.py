@@ -360,7 +360,7 @@ class AntiEntropy:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise RequestError("bad_request", f"malformed tree shape: {e}") from None
         target = self.trees.get(shape.lo, shape.hi)
-        if not self.settings.enabled or target is None or target.shape != shape or not target.ready:
+        if target is None or target.shape != shape or not target.ready:
             raise AntiEntropyUnavailableError(
                 f"{self.node_id} has no ready tree for range {shape.lo}:{shape.hi} with {shape.leaves} leaves")
         return target
@@ -411,6 +411,45 @@ class AntiEntropy:
             record = await self.replica.read(item[0])
             out.append(not record.versions or merkle.record_digest(versions.encode_record(record)) == item[1])
         return out
+
+    async def handle_prepare(self, body: Any, peer: str) -> Any:
+        """Build (or reuse) a tree of exactly the given range, to verify a streamed range against it."""
+        lo, hi = _bounds(body)
+        target = await self.trees.prepare(lo, hi)
+        return {"leaves": target.shape.leaves, "fanout": target.shape.fanout, "keys": target.tree.count}
+
+    async def handle_release(self, body: Any, peer: str) -> Any:
+        lo, hi = _bounds(body)
+        self.trees.release(lo, hi)
+        return True
+
+    # -- verification of a streamed range ------------------------------------------------------------
+
+    async def verify_range(self, lo: int, hi: int, peer: NodeId, attempts: int = 5) -> ExchangeResult:
+        """Compare (lo, hi] here with `peer` through temporary trees on both sides and merge what differs,
+        until an exchange finds the two in sync or repairs every difference it found (writes in flight may
+        keep a few keys apart for a moment). Raises if the peer cannot take part."""
+        await self.call(peer, "aae_prepare", {"lo": lo, "hi": hi}, self.settings.timeout_s * 6)
+        await self.trees.prepare(lo, hi)
+        total = ExchangeResult("in_sync")
+        try:
+            for _ in range(attempts):
+                result = await self.exchange(ReplicaRange(lo, hi, tuple(sorted((self.node_id, peer)))), peer)
+                if result.result in ("failed", "unavailable", "skipped"):
+                    raise RingkvError(f"verifying range {lo}:{hi} with {peer} failed: {result.error}")
+                for name in ("hashes", "leaves", "keys_compared", "pulled", "pushed", "bytes"):
+                    setattr(total, name, getattr(total, name) + getattr(result, name))
+                if result.result == "in_sync" or not result.more:
+                    total.result = result.result if total.keys_repaired == 0 else "repaired"
+                    return total
+            total.result, total.more = "repaired", True
+            return total
+        finally:
+            self.trees.release(lo, hi)
+            try:
+                await self.call(peer, "aae_release", {"lo": lo, "hi": hi}, self.settings.timeout_s)
+            except (TransportError, RemoteError) as e:
+                log.info("could not release the temporary tree on %s: %s", peer, e)
 
     # -- tombstones -----------------------------------------------------------------------------------
 
@@ -556,6 +595,14 @@ class AntiEntropy:
                 "keys_pulled": s.keys_pulled, "keys_pushed": s.keys_pushed, "bytes": s.bytes,
                 "reaped": s.reaped, "floor": self.replica.floor,
                 "oldest_unverified_s": round(self.oldest_unverified_s(), 3)}
+
+
+def _bounds(body: Any) -> tuple[int, int]:
+    lo = body.get("lo") if isinstance(body, dict) else None
+    hi = body.get("hi") if isinstance(body, dict) else None
+    if type(lo) is not int or type(hi) is not int or not (-(2**63) <= lo < 2**63 and -(2**63) <= hi < 2**63):
+        raise RequestError("bad_request", "lo and hi must be signed 64-bit tokens")
+    return lo, hi
 
 
 def _int_list(value: Any, limit: int, name: str) -> list[int]:

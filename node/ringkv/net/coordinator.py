@@ -15,6 +15,11 @@ taken for a target down longer than the hint window. With hints disabled (`--hin
 replica is simply missed. The answer comes after W durable acknowledgements; the rest go on in the
 background, and a stopping node finishes them within its drain deadline or keeps them as hints.
 
+While a topology change is in flight (a node joining with pending tokens, one leaving), a write also goes
+to the *pending* replicas — those that will replicate its key once the change is done but do not yet — and
+the coordinator waits for one more acknowledgement per pending replica (W + P of the N + P targets, as
+Cassandra does), so the write is on W replicas of the future ring as well. Reads use the current ring.
+
 Quorums are never lowered: W (or R) is what the client asked for, or the default; when the ring cannot offer
 that many replicas the answer is 503 `quorum_unavailable`, never a smaller quorum.
 
@@ -46,7 +51,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringkv.cluster import versions
+from ringkv.cluster import topology, versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.quorum import ReadTally, WriteTally
 from ringkv.cluster.ring import Ring, token_for
@@ -134,6 +139,7 @@ class Coordinator:
         self.hint_limiter = hint_limiter
         self.ring = Ring()
         self.ring_digest = ""  # of `ring`, sent on internode requests; "" = unknown
+        self.future: Ring | None = None  # the ring once the topology change in flight is done (None: none)
         self.accepting = True  # False until the node has heard the ring, and again while it stops
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[Any]] = set()
@@ -148,6 +154,12 @@ class Coordinator:
         if not len(self.ring):  # no ring yet: nobody to ask (503), not an internal error
             return ()
         return self.ring.preference_list(token_for(key), self.settings.replication)
+
+    def pending(self, key: bytes) -> tuple[NodeId, ...]:
+        """The nodes that will replicate `key` once the topology change in flight is done, but do not yet."""
+        if self.future is None or not len(self.ring):
+            return ()
+        return topology.pending_for(self.ring, self.future, token_for(key), self.settings.replication)
 
     def silent(self, node: NodeId) -> bool:
         """Up by gossip but not answering lately: tried after the others (see the module docstring)."""
@@ -276,6 +288,9 @@ class Coordinator:
                           w_required: int, preference: tuple[NodeId, ...], deadline: float) -> Record:
         record = await self.replica.write(key, value, context)  # local, durable: the first ack
         encoded = versions.encode_record(record)
+        pending = self.pending(key)
+        if pending:  # a topology change is in flight: the future replicas get it too, one more ack each
+            preference, w_required = preference + pending, w_required + len(pending)
         # Owed from this moment (not from when the background task first runs): a stop that cancels the task
         # before it starts still keeps the write as hints.
         owed = _Owed(key, encoded, {n for n in preference if n != self.node_id})

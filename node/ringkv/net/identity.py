@@ -5,7 +5,8 @@ Format 2 (JSON; replaced atomically: temporary file, fsync, rename, directory fs
     {"format": 2, "node_id": str, "incarnation": str (hex), "tokens": [int, ...], "generation": int,
      "running": bool, "durability": "sync" | "batch" | "off" (of the run that wrote it),
      "peers": [member state, as gossip's MemberState.to_wire, ...],
-     "data_seq": int (optional, 0 if absent: the storage engine's last sequence number when last saved)}
+     "data_seq": int (optional, 0 if absent: the storage engine's last sequence number when last saved),
+     "joining": bool (optional: tokens taken but the join's streaming not finished; a restart resumes it)}
 
 Format 1 (before incarnations: `{"node_id", "tokens"}`) still loads; it has no incarnation, so the node takes
 one. An unreadable file is an error (the node refuses to start rather than guess who it is).
@@ -59,12 +60,13 @@ class Identity:
     peers: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
     durability: str = "sync"
     data_seq: int = 0
+    joining: bool = False  # tokens taken, data not streamed yet: a restart resumes the join
 
     def to_json(self) -> bytes:
         return json.dumps({
             "format": FORMAT, "node_id": self.node_id, "incarnation": self.incarnation,
             "tokens": list(self.tokens), "generation": self.generation, "running": self.running,
-            "durability": self.durability, "data_seq": self.data_seq,
+            "durability": self.durability, "data_seq": self.data_seq, "joining": self.joining,
             "peers": [dict(p) for p in self.peers],
         }, sort_keys=True).encode()
 
@@ -103,11 +105,13 @@ def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_m
     tokens = tuple(int(t) for t in (saved or {}).get("tokens") or ()) if same_node else ()
     peers = tuple(p for p in (saved or {}).get("peers") or () if isinstance(p, dict)) if same_node else ()
     generation = max(int((saved or {}).get("generation") or 0) + 1, now_ms) if same_node else now_ms
+    joining = bool((saved or {}).get("joining")) if same_node else False
     if reason:
-        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability, data_seq)
+        identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability, data_seq,
+                            joining)
         return Decision(identity, True, reason)
     identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers, durability,
-                        data_seq)
+                        data_seq, joining)
     return Decision(identity, False, "the previous run stopped cleanly" if not (saved or {}).get("running")
                     else "the previous run's durability was sync")
 

@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ringkv.cluster import ids
+from ringkv.cluster import ids, ringview, topology
 from ringkv.cluster import ring as ringmod
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
 from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
+from ringkv.errors import RingkvError
 from ringkv.net import identity
 from ringkv.net.antientropy import AaeSettings, AntiEntropy
 from ringkv.net.coordinator import Coordinator, QuorumSettings
@@ -43,6 +44,7 @@ from ringkv.net.gossip import Gossiper
 from ringkv.net.hints import HintStore
 from ringkv.net.identity import Identity
 from ringkv.net.operations import Operations
+from ringkv.net.streaming import RangeProgress, Streamer
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import Peers, TransportServer
 from ringkv.net.trees import TreeSet
@@ -85,6 +87,9 @@ class ClusterNode:
         self._identity_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
+        self.mode = "starting"  # starting | joining | normal | leaving | stopping
+        self.join_progress: list[RangeProgress] = []
+        self.view_digest = ""  # of the ring and of the future ring while a change is in flight
         self.ring_conflicts: tuple[str, ...] = ()
         self.ring_rebuild_failures = 0
 
@@ -182,6 +187,8 @@ class ClusterNode:
                         total_leaves=cfg.aae_tree_leaves),
             self._aae_eligible, self.operations)
         aae = self.antientropy
+        self.streamer = Streamer(self.replica, self.coordinator.call,
+                                 RateLimiter(cfg.stream_mb_s * 1024 * 1024 if cfg.stream_mb_s > 0 else None))
         self.server = TransportServer(cfg.cluster_name, self.node_id, {
             "gossip": self.gossiper.handle,
             "coordinate": self.coordinator.handle_coordinate,
@@ -193,25 +200,39 @@ class ClusterNode:
             "aae_fetch": aae.handle_fetch,
             "aae_push": aae.handle_push,
             "aae_reap_check": aae.handle_reap_check,
+            "aae_prepare": aae.handle_prepare,
+            "aae_release": aae.handle_release,
+            "stream_range": self.streamer.handle_stream_range,
             "ping": self._ping,
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
         self.membership.update_local(peer_port=peer_port)
         self.gossiper.seeds = self._seeds(peer_port)
         tokens = await self._tokens()
-        if tokens is not None:  # a restart: back in the ring, never announced without tokens
+        resuming = tokens is not None and self.identity.joining  # killed mid-join: stream it all again
+        if tokens is not None and not resuming:  # a restart: back in the ring, never announced without tokens
             self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
         self._rebuild_ring()
-        self.gossiper.announce = tokens is not None
+        self.gossiper.announce = tokens is not None and not resuming
         self._tasks.append(asyncio.create_task(self._gossip_forever()))
         self._tasks.append(asyncio.create_task(self._save_ring_forever()))
-        if tokens is None:  # a first start: join through the seeds
-            tokens = await self._allocate_tokens()
+        if tokens is None or resuming:  # a first start (or a join to finish): join through the seeds
+            if tokens is None:
+                tokens, stream = await self._allocate_tokens()
+            else:
+                await self._await_seeds()
+                stream = True
+                log.warning("resuming the join of %s: its data is streamed again", self.node_id)
+            if stream:
+                await self._bootstrap(tokens)
             self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
             self.gossiper.announce = True
             self._rebuild_ring()
+            if self.identity.joining:
+                await self._persist_identity(joining=False)
         else:
             await self._await_ring(bool(remembered))
+        self.mode = "normal"
         self._remember_ring()
         self._tasks.append(asyncio.create_task(self._deliver_hints_forever()))
         await self._start_antientropy()
@@ -299,6 +320,11 @@ class ClusterNode:
             for line in view.conflicts:
                 log.error("ring conflict: %s", line)
         self.ring_conflicts = view.conflicts
+        self.coordinator.future = view.future
+        combined = view.digest if view.future is None else f"{view.digest}+{ringview.digest(view.future)}"
+        if combined != self.view_digest:
+            self.view_digest = combined
+            self.membership.update_local(ring=combined)  # gossiped: every node can tell whether all agree
         if view.digest != self.coordinator.ring_digest:
             self.coordinator.ring = view.ring
             self.coordinator.ring_digest = view.digest
@@ -314,9 +340,11 @@ class ClusterNode:
             await self._persist_identity(tokens=tuple(tokens))
         return tokens or None
 
-    async def _allocate_tokens(self) -> list[int]:
+    async def _allocate_tokens(self) -> tuple[list[int], bool]:
         """A first start: balance our tokens against the ring seen through the seeds; persisted before use.
-        If the cluster remembers tokens for our node id (our data directory was wiped), take those back."""
+        If the cluster remembers tokens for our node id (our data directory was wiped), take those back.
+        Returns the tokens and whether their data must be streamed first (a join into a ring that has
+        data: then it waits for its turn, one topology change at a time, before it allocates)."""
         await self._await_seeds()
         echo = self.membership.echo
         if echo is not None and echo.tokens:
@@ -324,10 +352,15 @@ class ClusterNode:
             log.warning("the cluster remembers node %s with %d tokens: taking them back (data directory new)",
                         self.node_id, len(again))
             await self._persist_identity(tokens=tuple(again))
-            return again
+            return again, False
+        joining = any(s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
+                      for n, s in self.membership.members.items() if n != self.node_id)
+        if joining:
+            await self._await_turn()
         known = {
             ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
-            for s in self.membership.members.values() if s.tokens and s.node_id != self.node_id
+            for s in self.membership.members.values()
+            if s.tokens and s.node_id != self.node_id and s.status in (Status.NORMAL, Status.LEAVING)
         }
         info = ringmod.NodeInfo(self.node_id, self.config.datacenter, self.config.rack, self.config.capacity)
         count = ringmod.token_count(info, self.config.num_tokens)
@@ -338,8 +371,101 @@ class ClusterNode:
             offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
             tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
         log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
-        await self._persist_identity(tokens=tuple(tokens))
-        return tokens
+        await self._persist_identity(tokens=tuple(tokens), joining=joining)
+        return tokens, joining
+
+    async def _await_turn(self) -> None:
+        """One topology change at a time: announce that we want to join (joining, no tokens yet), give gossip a
+        few rounds to show us the other candidates, then wait until no change is in flight and it is our turn
+        (`topology.join_turn`: the earliest generation first)."""
+        interval = self.config.gossip_interval_s
+        self.membership.update_local(status=Status.JOINING, tokens=())
+        self.gossiper.announce = True
+        self.mode = "joining"
+        settle_until = time.monotonic() + 3 * interval
+        started = time.monotonic()
+        last_log = started
+        while True:
+            await self._wait_heard(max(interval, settle_until - time.monotonic()))
+            if time.monotonic() < settle_until:
+                continue
+            busy, candidates = self._topology_in_flight()
+            if not busy and topology.join_turn(candidates) == self.node_id:
+                return
+            if time.monotonic() - last_log >= WAIT_LOG_INTERVAL_S:
+                last_log = time.monotonic()
+                log.warning("waiting %.0fs for our turn to join: %s", last_log - started,
+                            ", ".join(busy) or f"candidates {sorted(c for c, _ in candidates)}")
+
+    def _topology_in_flight(self) -> tuple[list[str], list[tuple[NodeId, int]]]:
+        """Changes other live members have in flight (described), and the live join candidates (with us)."""
+        busy: list[str] = []
+        candidates: list[tuple[NodeId, int]] = [(self.node_id, self.membership.local.generation)]
+        for node, state in self.membership.members.items():
+            if node == self.node_id or not self.gossiper.is_up(node):
+                continue
+            if state.status == Status.JOINING and state.tokens:
+                busy.append(f"{node} is joining")
+            elif state.status == Status.LEAVING:
+                busy.append(f"{node} is leaving")
+            elif state.status == Status.JOINING:
+                candidates.append((node, state.generation))
+        return busy, candidates
+
+    async def _bootstrap(self, tokens: list[int]) -> None:
+        """Join with data: announce our pending tokens (joining), wait until every live member places writes
+        on the future ring too, stream every range we gain from a current replica, verify each against its
+        source with Merkle trees, and only then (the caller) become normal."""
+        self.mode = "joining"
+        if not self.identity.joining:
+            await self._persist_identity(joining=True)
+        self.membership.update_local(tokens=tuple(tokens), status=Status.JOINING)
+        self.gossiper.announce = True
+        self._rebuild_ring()
+        await self._await_agreement(10 * self.config.gossip_interval_s + 5.0)
+        current, future = self.coordinator.ring, self.coordinator.future
+        if future is None:
+            log.warning("no future ring while joining (our pending tokens clash?); joining without streaming")
+            return
+        moves = topology.gains_of(topology.movements(current, future, self.config.replication_factor),
+                                  self.node_id)
+        self.join_progress = [RangeProgress(m.lo, m.hi, NodeId("")) for m in moves]
+        log.info("joining: streaming %d ranges from %d sources", len(moves),
+                 len({s for m in moves for s in m.sources}))
+        assert self.antientropy is not None
+        for move, progress in zip(moves, self.join_progress, strict=True):
+            while True:
+                sources = self.coordinator.healthy_first(list(move.sources)) or list(move.sources)
+                for source in sources:
+                    progress.source, progress.keys, progress.bytes = source, 0, 0
+                    try:
+                        await self.streamer.receive(progress)
+                        progress.state = "verifying"
+                        result = await self.antientropy.verify_range(move.lo, move.hi, source)
+                        progress.verify_repaired = result.keys_repaired
+                        progress.state, progress.finished = "done", time.monotonic()
+                        break
+                    except (RingkvError, OSError) as e:
+                        progress.state, progress.error = "failed", str(e)
+                        log.warning("streaming range %s from %s failed: %s; trying another source",
+                                    move.name, source, e)
+                if progress.state == "done":
+                    break
+                await asyncio.sleep(self.config.gossip_interval_s)  # every source failed: wait, retry
+        self.streamer.stats.ranges_streamed += len(moves)
+        log.info("joining: streamed and verified %d ranges (%d keys, %d bytes)", len(moves),
+                 sum(p.keys for p in self.join_progress), sum(p.bytes for p in self.join_progress))
+
+    async def _await_agreement(self, limit_s: float) -> None:
+        """Until every live member gossips the same view (ring and future ring) as ours, or `limit_s`."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            views = {s.ring for n, s in self.membership.members.items()
+                     if n != self.node_id and self.gossiper.is_up(n) and s.status != Status.JOINING}
+            if views <= {self.view_digest}:
+                return
+            await self._wait_heard(self.config.gossip_interval_s)
+        log.warning("not every member showed our view of the ring within %.0fs; streaming anyway", limit_s)
 
     async def _await_seeds(self) -> None:
         """Before allocating tokens, hear from a seed (unless we are alone or the founder, the first seed), so
@@ -416,6 +542,7 @@ class ClusterNode:
 
     async def stop(self) -> None:
         self.ready = False
+        self.mode = "stopping"
         if hasattr(self, "coordinator"):
             self.coordinator.accepting = False
         for task in self._tasks:

@@ -108,6 +108,7 @@ class RangeTree:
         self.changes = 0  # bumped on every change applied (a leaf heal needs none during its scan)
         self.build_seconds = 0.0
         self.built_at = 0.0  # monotonic
+        self.built = asyncio.Event()  # set when a build ends (ready, or failed)
 
     def apply(self, token: int, change: Change) -> None:
         self.tree.update(token, change.key, None if change.old is None else merkle.record_digest(change.old),
@@ -126,6 +127,7 @@ class TreeSet:
         self._bounds: list[int] = []  # sorted upper bounds of the tree intervals (wrapping ones split)
         self._owners: list[RangeTree] = []
         self.tombstones: dict[bytes, int] = {}
+        self.extras: dict[RangeId, RangeTree] = {}  # temporary trees (`prepare`), e.g. of a streamed range
         self.builds = 0
         self.build_seconds_total = 0.0
         self.heals = 0
@@ -170,7 +172,28 @@ class TreeSet:
         return None
 
     def get(self, lo: int, hi: int) -> RangeTree | None:
-        return self.trees.get((lo, hi))
+        return self.trees.get((lo, hi)) or self.extras.get((lo, hi))
+
+    # -- temporary trees ------------------------------------------------------------------------------
+
+    async def prepare(self, lo: int, hi: int) -> RangeTree:
+        """A temporary tree of exactly (lo, hi] (to verify a streamed range), built and then kept current
+        like the others until `release`; one that already exists (of the node's own ranges too) is reused."""
+        existing = self.get(lo, hi)
+        if existing is not None and existing.ready:
+            return existing
+        if existing is None:
+            shape = merkle.shape_for(lo, hi, self.total_leaves, fanout=self.fanout)
+            existing = RangeTree(ReplicaRange(lo, hi, ()), shape)
+            self.extras[(lo, hi)] = existing
+        if existing.build is None or existing.build.done:
+            await self.build(existing)
+        else:  # another caller is building it
+            await existing.built.wait()
+        return existing
+
+    def release(self, lo: int, hi: int) -> None:
+        self.extras.pop((lo, hi), None)
 
     # -- changes --------------------------------------------------------------------------------------
 
@@ -180,9 +203,15 @@ class TreeSet:
         elif change.key in self.tombstones:
             del self.tombstones[change.key]
         token = token_for(change.key)
+        for extra in self.extras.values():
+            if extra.shape.holds(token):
+                self._observe_in(extra, change, token)
         target = self.tree_for(token)
         if target is None:
             return  # not a key of a range we replicate (a hint for ourselves, a stale copy)
+        self._observe_in(target, change, token)
+
+    def _observe_in(self, target: RangeTree, change: Change, token: int) -> None:
         build = target.build
         if build is not None:
             build.reported[change.key] = change.seq
@@ -210,6 +239,7 @@ class TreeSet:
         """(Re)build one tree from a scan, concurrently with writes; `target.ready` once done."""
         started = time.monotonic()
         target.ready = False
+        target.built.clear()
         target.tree = MerkleTree(target.shape)
         build = _Build(self.replica.engine.last_seq, token_segments(target.range.lo, target.range.hi))
         target.build = build
@@ -223,7 +253,7 @@ class TreeSet:
                     contribution = await asyncio.to_thread(_contributions, target.shape, entries)
                 finally:
                     build.reading = False
-                if target.build is not build or self.trees.get(target.range.id) is not target:
+                if target.build is not build or self.get(*target.range.id) is not target:
                     return  # superseded by a newer build, or the range is no longer ours
                 leaves = target.tree.levels[0]
                 for leaf, delta, count in contribution.leaves:
@@ -247,6 +277,7 @@ class TreeSet:
                     break
             target.tree.recompute()  # the batches XORed into the leaves only
             target.ready = True
+            target.built.set()
             target.build_seconds = time.monotonic() - started
             target.built_at = time.monotonic()
             self.builds += 1
@@ -256,6 +287,7 @@ class TreeSet:
         except BaseException:
             if target.build is build:
                 target.build = None  # a failed build leaves the tree not ready; the caller retries
+            target.built.set()
             raise
 
     @staticmethod
