@@ -25,7 +25,7 @@ CONFIG_KEYS = frozenset({
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",
     "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s", "suspect_after_s",
     "aae_enabled", "aae_interval_s", "aae_ranges_per_s", "aae_mb_s", "aae_max_keys", "aae_tree_leaves",
-    "tombstone_grace_s",
+    "tombstone_grace_s", "stream_mb_s",
 })
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # A StatefulSet's pods are labelled with "<statefulset>-<10 character revision hash>", at most 63 characters.

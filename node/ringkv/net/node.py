@@ -386,6 +386,7 @@ class ClusterNode:
         started = time.monotonic()
         last_log = started
         while True:
+            self.gossiper.heard.clear()  # set again by the next exchange absorbed
             await self._wait_heard(max(interval, settle_until - time.monotonic()))
             if time.monotonic() < settle_until:
                 continue
@@ -464,6 +465,7 @@ class ClusterNode:
                      if n != self.node_id and self.gossiper.is_up(n) and s.status != Status.JOINING}
             if views <= {self.view_digest}:
                 return
+            self.gossiper.heard.clear()
             await self._wait_heard(self.config.gossip_interval_s)
         log.warning("not every member showed our view of the ring within %.0fs; streaming anyway", limit_s)
 
