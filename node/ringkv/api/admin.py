@@ -14,6 +14,7 @@ from ringkv.api import keys, validation
 from ringkv.api.errors import error_response, json_response
 from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
+from ringkv.net import decommission
 
 admin_routes = web.RouteTableDef()
 
@@ -160,4 +161,31 @@ async def get_repair(request: web.Request) -> web.Response:
     op = request.app[keys.NODE].operations.get(request.match_info["op_id"])
     if op is None or op.kind != "repair":
         return error_response(404, "not_found", "no such repair operation", id=request.match_info["op_id"])
+    return json_response(op.to_json())
+
+
+@admin_routes.post("/admin/v1/decommission")
+async def start_decommission(request: web.Request) -> web.Response:
+    """Hand this node's ranges to their new owners and leave the ring (202 with the operation; a decommission
+    already running is returned as it is, 200)."""
+    node = request.app[keys.NODE]
+    running = node.operations.running("decommission")
+    if running:
+        return json_response(running[0].to_json())
+    decommission.check(node)
+    op = node.operations.start("decommission", {}, lambda op: decommission.run(node, op))
+    return json_response(op.to_json(), status=202)
+
+
+@admin_routes.get("/admin/v1/operations")
+async def list_operations(request: web.Request) -> web.Response:
+    ops = request.app[keys.NODE].operations
+    return json_response({"operations": [op.to_json() for op in ops.all.values()]})
+
+
+@admin_routes.get("/admin/v1/operations/{op_id}")
+async def get_operation(request: web.Request) -> web.Response:
+    op = request.app[keys.NODE].operations.get(request.match_info["op_id"])
+    if op is None:
+        return error_response(404, "not_found", "no such operation", id=request.match_info["op_id"])
     return json_response(op.to_json())

@@ -126,6 +126,7 @@ class Coordinator:
         hints_enabled: bool = True,
         down_for: Callable[[NodeId], float] = lambda node: 0.0,
         hint_limiter: RateLimiter | None = None,
+        departed: Callable[[NodeId], bool] = lambda node: False,
     ) -> None:
         self.node_id = node_id
         self.replica = replica
@@ -137,6 +138,7 @@ class Coordinator:
         self.address_of = address_of
         self.hints_enabled = hints_enabled  # False: a failed replica gets no hint (and no stand-in counts)
         self.hint_limiter = hint_limiter
+        self.departed = departed  # whether a node has left the ring (decommissioned): its hints are redirected
         self.ring = Ring()
         self.ring_digest = ""  # of `ring`, sent on internode requests; "" = unknown
         self.future: Ring | None = None  # the ring once the topology change in flight is done (None: none)
@@ -459,6 +461,20 @@ class Coordinator:
                 await self.replica.merge_in(hint.key, versions.decode_record(hint.record))
 
             return await deliver_pending(self.hints, target, merge_here, self.hint_limiter)
+        if self.departed(target):  # it left the ring: what it was owed goes to the key's replicas now
+            async def redirect(hint: Hint) -> None:
+                record = versions.decode_record(hint.record)
+                for node in self.preference(hint.key):
+                    if node == self.node_id:
+                        await self.replica.merge_in(hint.key, record)
+                    else:
+                        await self.call(node, "replicate", {"key": hint.key, "record": hint.record})
+
+            try:
+                return await deliver_pending(self.hints, target, redirect, self.hint_limiter)
+            except (TransportError, RemoteError) as e:
+                log.info("redirecting the hints of %s (left the ring) paused: %s", target, e)
+                return 0
         if not self.is_up(target):
             await drop_for_downtime(self.hints, target, self.down_for(target))
             return 0

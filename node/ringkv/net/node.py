@@ -177,7 +177,7 @@ class ClusterNode:
             QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s,
                            cfg.suspect_after_s),
             self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
-            down_for=self.gossiper.down_for, hint_limiter=limiter,
+            down_for=self.gossiper.down_for, hint_limiter=limiter, departed=self._departed,
         )
         self.coordinator.accepting = False
         self.antientropy = AntiEntropy(
@@ -261,6 +261,10 @@ class ClusterNode:
             log.info("loaded %d anti-entropy trees saved at the last clean stop", taken)
         if self.config.aae_enabled:
             self._tasks.append(asyncio.create_task(self.antientropy.run()))
+
+    def _departed(self, node: NodeId) -> bool:
+        state = self.membership.members.get(node)
+        return state is not None and state.status == Status.LEFT
 
     def _aae_eligible(self, node: NodeId) -> bool:
         """Anti-entropy runs only with peers that are up and hold their data (normal or leaving)."""
