@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ringkv.check import cli as check_cli
 
     check_cli.add_parser(sub)
-    from ringkv import repair_cli
+    from ringkv import admin_cli, repair_cli
 
     repair_cli.add_parser(sub)
+    admin_cli.add_parser(sub)
     return parser
 
 
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         from ringkv import repair_cli
 
         return repair_cli.main(args)
+    if args.command == "admin":
+        from ringkv import admin_cli
+
+        return admin_cli.main(args)
     if args.command == "node":
         from ringkv import server
 
