@@ -25,7 +25,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 EXCHANGE_RESULTS = ("in_sync", "repaired", "failed", "unavailable", "skipped")  # AntiEntropy's results
-OPERATION_KINDS = ("repair",)  # always exposed (0 when none runs), so the series never vanishes
+OPERATION_KINDS = ("repair", "decommission")  # always exposed (0 when none runs), so the series never vanishes
 
 
 class StorageCollector(Collector):
@@ -120,6 +120,37 @@ class ClusterCollector(Collector):
         for kind, count in sorted(kinds.items()):
             running.add_metric([kind], count)
         yield running
+        yield from _topology(node)
+
+
+NODE_MODES = ("starting", "joining", "normal", "leaving", "left", "stopping")
+
+
+def _topology(node: ClusterNode) -> Iterator[Metric]:
+    """The node's mode, ring agreement, changes in flight and range streaming."""
+    mode = GaugeMetricFamily("ringkv_node_mode", "1 for the node's current mode", labels=["mode"])
+    for name in NODE_MODES:
+        mode.add_metric([name], 1 if node.mode == name else 0)
+    yield mode
+    views = {s.ring for n, s in node.membership.members.items()
+             if n != node.node_id and node.gossiper.is_up(n) and s.status.value in ("normal", "leaving")}
+    agreed = GaugeMetricFamily("ringkv_ring_agreed", "1 when every live member gossips this node's view of the ring")
+    agreed.add_metric([], 1 if views <= {node.view_digest} else 0)
+    yield agreed
+    future = node.coordinator.future
+    yield GaugeMetricFamily("ringkv_topology_changes_in_flight", "Members joining or leaving, as this node sees them",
+                            0 if future is None else len(set(future.nodes) ^ set(node.coordinator.ring.nodes)))
+    st = node.streamer.stats if hasattr(node, "streamer") else None
+    if st is not None:
+        yield CounterMetricFamily("ringkv_streaming_received_keys", "Records received by range streaming",
+                                  st.keys_received)
+        yield CounterMetricFamily("ringkv_streaming_received_bytes", "Bytes received by range streaming",
+                                  st.bytes_received)
+        yield CounterMetricFamily("ringkv_streaming_sent_keys", "Records sent by range streaming (and decommission)",
+                                  st.keys_sent)
+        yield CounterMetricFamily("ringkv_streaming_sent_bytes", "Bytes sent by range streaming (and decommission)",
+                                  st.bytes_sent)
+        yield CounterMetricFamily("ringkv_streaming_ranges", "Ranges streamed in and verified", st.ranges_streamed)
 
 
 class AntiEntropyCollector(Collector):
