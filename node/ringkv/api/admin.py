@@ -14,7 +14,7 @@ from ringkv.api import keys, validation
 from ringkv.api.errors import error_response, json_response
 from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
-from ringkv.net import decommission
+from ringkv.net import decommission, removenode
 
 admin_routes = web.RouteTableDef()
 
@@ -189,3 +189,17 @@ async def get_operation(request: web.Request) -> web.Response:
     if op is None:
         return error_response(404, "not_found", "no such operation", id=request.match_info["op_id"])
     return json_response(op.to_json())
+
+
+@admin_routes.post("/admin/v1/removenode")
+async def start_removenode(request: web.Request) -> web.Response:
+    """Re-replicate a dead node's ranges from the other replicas and take it out of the ring (202 with the
+    operation; `{"node": "<node id>"}`)."""
+    node = request.app[keys.NODE]
+    target = validation.parse_node_request(await request.read())
+    running = [op for op in node.operations.running("removenode") if op.params.get("node") == target]
+    if running:
+        return json_response(running[0].to_json())
+    removenode.check(node, target)
+    op = node.operations.start("removenode", {"node": target}, lambda op: removenode.run(node, target, op))
+    return json_response(op.to_json(), status=202)

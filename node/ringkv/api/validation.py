@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 
 from ringkv.cluster import versions
+from ringkv.cluster.ids import NodeId
 from ringkv.cluster.versions import VersionVector
 from ringkv.errors import PayloadTooLargeError, RequestError
 
@@ -59,6 +60,15 @@ def parse_repair(body: bytes) -> str | None:
     if value is not None and not isinstance(value, str):
         raise RequestError("invalid_range", "range must be a string lo:hi")
     return value
+
+
+def parse_node_request(body: bytes) -> NodeId:
+    """`{"node": "<node id>"}` (removenode)."""
+    doc = _object(body, frozenset({"node"}))
+    value = doc.get("node")
+    if not isinstance(value, str) or not value:
+        raise RequestError("missing_field", "node (a node id) is required")
+    return NodeId(value)
 
 
 def check_key(key: object) -> bytes:

@@ -141,6 +141,17 @@ class Membership:
         self._members, news = merge_states(self._members, foreign)
         return news
 
+    def speak_for(self, node: NodeId, **changes: Any) -> MemberState:
+        """Change a *dead* peer's state on its behalf (removenode): the same generation, a version past the
+        freshest one heard, so the change wins everywhere gossip takes it. If the peer comes back, its new
+        generation wins over it (a removed node must be wiped before it starts again)."""
+        if node == self.local_id or node not in self._members:
+            raise KeyError(node)
+        known = self._members[node]
+        new = replace(known, version=known.version + 1000, **changes)
+        self._members[node] = new
+        return new
+
     def restore(self, states: Iterable[MemberState]) -> None:
         """Seed the view with states remembered from a previous run (stale by construction: any state gossip
         brings replaces them)."""

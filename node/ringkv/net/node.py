@@ -36,7 +36,7 @@ from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
 from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
-from ringkv.errors import RingkvError
+from ringkv.errors import RequestError, RingkvError
 from ringkv.net import identity
 from ringkv.net.antientropy import AaeSettings, AntiEntropy
 from ringkv.net.coordinator import Coordinator, QuorumSettings
@@ -203,6 +203,7 @@ class ClusterNode:
             "aae_prepare": aae.handle_prepare,
             "aae_release": aae.handle_release,
             "stream_range": self.streamer.handle_stream_range,
+            "stream_pull": self.handle_stream_pull,
             "ping": self._ping,
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
@@ -439,27 +440,51 @@ class ClusterNode:
                  len({s for m in moves for s in m.sources}))
         assert self.antientropy is not None
         for move, progress in zip(moves, self.join_progress, strict=True):
-            while True:
-                sources = self.coordinator.healthy_first(list(move.sources)) or list(move.sources)
-                for source in sources:
-                    progress.source, progress.keys, progress.bytes = source, 0, 0
-                    try:
-                        await self.streamer.receive(progress)
-                        progress.state = "verifying"
-                        result = await self.antientropy.verify_range(move.lo, move.hi, source)
-                        progress.verify_repaired = result.keys_repaired
-                        progress.state, progress.finished = "done", time.monotonic()
-                        break
-                    except (RingkvError, OSError) as e:
-                        progress.state, progress.error = "failed", str(e)
-                        log.warning("streaming range %s from %s failed: %s; trying another source",
-                                    move.name, source, e)
-                if progress.state == "done":
-                    break
-                await asyncio.sleep(self.config.gossip_interval_s)  # every source failed: wait, retry
+            await self.receive_range(progress, move.sources)
         self.streamer.stats.ranges_streamed += len(moves)
         log.info("joining: streamed and verified %d ranges (%d keys, %d bytes)", len(moves),
                  sum(p.keys for p in self.join_progress), sum(p.bytes for p in self.join_progress))
+
+    async def receive_range(self, progress: RangeProgress, sources: tuple[NodeId, ...],
+                            attempts: int | None = None) -> None:
+        """Stream `progress`'s range here from one of `sources` (the healthiest first) and verify it with that
+        source; another source when one fails; every source failing, again after a gossip interval (at most
+        `attempts` rounds; None: until it works). Raises the last error when the attempts run out."""
+        assert self.antientropy is not None
+        rounds = 0
+        while True:
+            candidates = self.coordinator.healthy_first([s for s in sources if s != self.node_id])
+            for source in candidates:
+                progress.source, progress.keys, progress.bytes = source, 0, 0
+                try:
+                    await self.streamer.receive(progress)
+                    progress.state = "verifying"
+                    result = await self.antientropy.verify_range(progress.lo, progress.hi, source)
+                    progress.verify_repaired = result.keys_repaired
+                    progress.state, progress.finished = "done", time.monotonic()
+                    return
+                except (RingkvError, OSError) as e:
+                    progress.state, progress.error = "failed", str(e)
+                    log.warning("streaming range %s:%s from %s failed: %s; trying another source",
+                                progress.lo, progress.hi, source, e)
+            rounds += 1
+            if attempts is not None and rounds >= attempts:
+                raise RingkvError(f"no source could stream range {progress.lo}:{progress.hi}: "
+                                  f"{progress.error or 'none is up'}")
+            await asyncio.sleep(self.config.gossip_interval_s)  # every source failed: wait, retry
+
+    async def handle_stream_pull(self, body: Any, peer: str) -> Any:
+        """Internode (removenode): stream a range here from the given sources and verify it."""
+        if not isinstance(body, dict) or not isinstance(body.get("sources"), list):
+            raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
+        lo, hi = body.get("lo"), body.get("hi")
+        if type(lo) is not int or type(hi) is not int or not all(isinstance(x, str) for x in body["sources"]):
+            raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
+        progress = RangeProgress(lo, hi, NodeId(""))
+        self.join_progress.append(progress)
+        await self.receive_range(progress, tuple(NodeId(x) for x in body["sources"]), attempts=3)
+        self.streamer.stats.ranges_streamed += 1
+        return {"keys": progress.keys, "bytes": progress.bytes, "verify_repaired": progress.verify_repaired}
 
     async def _await_agreement(self, limit_s: float) -> None:
         """Until every live member gossips the same view (ring and future ring) as ours, or `limit_s`."""
