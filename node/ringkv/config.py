@@ -65,6 +65,7 @@ class NodeConfig:
     tombstone_grace_s: float = 24 * 3600.0
     # topology changes
     stream_mb_s: float = 32.0
+    replace_node: str = ""  # first start only: take over this dead node's tokens and stream its data
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
@@ -150,6 +151,8 @@ _HELP = {
     "aae_mb_s": "anti-entropy repair traffic limit in MB/s per node (0: unlimited)",
     "aae_max_keys": "keys repaired per exchange at most (the range is compared again soon when reached)",
     "aae_tree_leaves": "Merkle leaves for the whole ring (a range gets its share); the same on every node",
+    "replace_node": "on a first start, replace this dead node: take its tokens and stream their data from the "
+                    "other replicas",
     "stream_mb_s": "range streaming (joins) rate limit in MB/s per receiving node (0: unlimited)",
     "tombstone_grace_s": "a deleted record is collected once every replica holds it and it is this old; hints "
                          "older than this are dropped",

@@ -51,6 +51,7 @@ class MemberState:
     rack: str = "rack1"
     capacity: float = 1.0
     ring: str = ""  # the digest of the ring this member places keys on ("" unknown): agreement is visible
+    replaces: str = ""  # joining to take over this dead member's tokens (replace), else ""
 
     @property
     def freshness(self) -> tuple[int, int]:
@@ -61,6 +62,7 @@ class MemberState:
             "id": self.node_id, "gen": self.generation, "ver": self.version, "status": self.status.value,
             "host": self.host, "http": self.http_port, "peer": self.peer_port, "tokens": list(self.tokens),
             "dc": self.datacenter, "rack": self.rack, "cap": self.capacity, "ring": self.ring,
+            "replaces": self.replaces,
         }
 
     @classmethod
@@ -73,6 +75,7 @@ class MemberState:
                 peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
                 datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
                 ring=str(doc.get("ring") or "")[:32],  # absent from a sender that predates it
+                replaces=str(doc.get("replaces") or ""),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed member state: {e!r}") from None

@@ -74,7 +74,16 @@ def ring_from_members(states: Iterable[MemberState]) -> RingView:
     # leave it.
     joining: list[NodeId] = []
     future_assignments = {info: tokens for info, tokens in assignments.items()}
+    replaced: set[NodeId] = set()
     for state in sorted((s for s in states if s.tokens and s.status == Status.JOINING), key=lambda s: s.node_id):
+        taking = NodeId(state.replaces) if state.replaces else None  # a replacement takes a dead member's tokens
+        if taking is not None and owner and set(state.tokens) == {t for t, n in owner.items() if n == taking}:
+            replaced.add(taking)
+            for t in state.tokens:
+                owner[t] = state.node_id
+            future_assignments[NodeInfo(state.node_id, state.datacenter, state.rack, state.capacity)] = state.tokens
+            joining.append(state.node_id)
+            continue
         if any(t in owner for t in state.tokens):
             conflicts.append(f"{state.node_id} cannot join: a pending token of it is claimed by another member")
             continue
@@ -83,6 +92,7 @@ def ring_from_members(states: Iterable[MemberState]) -> RingView:
         future_assignments[NodeInfo(state.node_id, state.datacenter, state.rack, state.capacity)] = state.tokens
         joining.append(state.node_id)
     leaving = tuple(s.node_id for s in placing if s.status == Status.LEAVING and s.node_id not in excluded)
-    future_assignments = {i: t for i, t in future_assignments.items() if i.node_id not in leaving}
+    future_assignments = {i: t for i, t in future_assignments.items()
+                          if i.node_id not in leaving and i.node_id not in replaced}
     future = Ring(future_assignments) if joining or leaving else None
     return RingView(ring, digest(ring), tuple(excluded), tuple(conflicts), future, tuple(joining), leaving)

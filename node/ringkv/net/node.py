@@ -226,7 +226,12 @@ class ClusterNode:
                 log.warning("resuming the join of %s: its data is streamed again", self.node_id)
             if stream:
                 await self._bootstrap(tokens)
-            self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
+            replaced = NodeId(self.config.replace_node) if self.config.replace_node else None
+            if stream and replaced is not None and replaced in self.membership.members:
+                # In the same step as we turn normal, so every state map gossip carries has both: the
+                # replaced node leaves every ring exactly when we enter it with its tokens.
+                self.membership.speak_for(replaced, status=Status.LEFT, tokens=())
+            self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL, replaces="")
             self.gossiper.announce = True
             self._rebuild_ring()
             if self.identity.joining:
@@ -358,6 +363,8 @@ class ClusterNode:
                         self.node_id, len(again))
             await self._persist_identity(tokens=tuple(again))
             return again, False
+        if self.config.replace_node:
+            return await self._take_over(NodeId(self.config.replace_node)), True
         joining = any(s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
                       for n, s in self.membership.members.items() if n != self.node_id)
         if joining:
@@ -378,6 +385,26 @@ class ClusterNode:
         log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
         await self._persist_identity(tokens=tuple(tokens), joining=joining)
         return tokens, joining
+
+    async def _take_over(self, dead: NodeId) -> list[int]:
+        """Replace: wait for our turn, then take the tokens of `dead` (a member of the ring that is down)."""
+        await self._await_turn()
+        started = time.monotonic()
+        while True:
+            state = self.membership.members.get(dead)
+            if (state is not None and state.tokens and state.status == Status.NORMAL
+                    and not self.gossiper.is_up(dead)):
+                tokens = sorted(state.tokens)
+                log.warning("replacing %s: taking its %d tokens", dead, len(tokens))
+                await self._persist_identity(tokens=tuple(tokens), joining=True)
+                return tokens
+            if time.monotonic() - started > WAIT_LOG_INTERVAL_S:
+                started = time.monotonic()
+                log.warning("cannot replace %s yet: it must be a normal member of the ring that is down (%s)",
+                            dead, "unknown" if state is None else f"{state.status.value}, "
+                            f"{'up' if self.gossiper.is_up(dead) else 'down'}")
+            self.gossiper.heard.clear()
+            await self._wait_heard(self.config.gossip_interval_s)
 
     async def _await_turn(self) -> None:
         """One topology change at a time: announce that we want to join (joining, no tokens yet), give gossip a
@@ -425,7 +452,7 @@ class ClusterNode:
         self.mode = "joining"
         if not self.identity.joining:
             await self._persist_identity(joining=True)
-        self.membership.update_local(tokens=tuple(tokens), status=Status.JOINING)
+        self.membership.update_local(tokens=tuple(tokens), status=Status.JOINING, replaces=self.config.replace_node)
         self.gossiper.announce = True
         self._rebuild_ring()
         await self._await_agreement(10 * self.config.gossip_interval_s + 5.0)
