@@ -346,6 +346,24 @@ class Replica:
             self.reaped += 1
             return True
 
+    async def drop(self, key: bytes) -> bool:
+        """Remove a record this node no longer replicates (cleanup after a topology change), raising the floor
+        past this actor's counter in it first, as `reap` does. Returns whether there was one."""
+        async with self._locks.hold(key):
+            raw = await self.engine.get(storage_key(key))
+            if raw is None:
+                return False
+            try:
+                counter = versions.decode_record(raw).context.get(self.actor)
+            except InvalidRecordError:
+                counter = 0  # a corrupt record's counters are unknown: renew the actor instead
+                await self._renew()
+            if counter > self.floor:
+                await self.engine.put(FLOOR_KEY, b"%d" % counter)
+                self.floor = counter
+            await self._engine_write(key, None, raw)
+            return True
+
     # -- layout and token-range scans -----------------------------------------------------------------
 
     async def open_layout(self) -> int:

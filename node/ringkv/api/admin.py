@@ -14,7 +14,7 @@ from ringkv.api import keys, validation
 from ringkv.api.errors import error_response, json_response
 from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
-from ringkv.net import decommission, removenode
+from ringkv.net import cleanup, decommission, removenode
 
 admin_routes = web.RouteTableDef()
 
@@ -202,4 +202,16 @@ async def start_removenode(request: web.Request) -> web.Response:
         return json_response(running[0].to_json())
     removenode.check(node, target)
     op = node.operations.start("removenode", {"node": target}, lambda op: removenode.run(node, target, op))
+    return json_response(op.to_json(), status=202)
+
+
+@admin_routes.post("/admin/v1/cleanup")
+async def start_cleanup(request: web.Request) -> web.Response:
+    """Drop the records this node no longer replicates (202 with the operation)."""
+    node = request.app[keys.NODE]
+    running = node.operations.running("cleanup")
+    if running:
+        return json_response(running[0].to_json())
+    cleanup.check(node)
+    op = node.operations.start("cleanup", {}, lambda op: cleanup.run(node, op))
     return json_response(op.to_json(), status=202)

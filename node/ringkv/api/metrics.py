@@ -26,7 +26,7 @@ KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "P
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 EXCHANGE_RESULTS = ("in_sync", "repaired", "failed", "unavailable", "skipped")  # AntiEntropy's results
 # always exposed (0 when none runs), so the series never vanishes
-OPERATION_KINDS = ("repair", "decommission", "removenode")
+OPERATION_KINDS = ("repair", "decommission", "removenode", "cleanup")
 
 
 class StorageCollector(Collector):
