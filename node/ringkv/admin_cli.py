@@ -4,6 +4,8 @@
     ringkv admin ring          [--url URL]   # the ring digest, every member's view, who is joining/leaving
     ringkv admin streams       [--url URL]   # this node's mode and the ranges it is streaming in
     ringkv admin decommission  [--url URL] [--no-wait]   # hand this node's ranges over and leave; progress bar
+    ringkv admin removenode X  [--url URL] [--no-wait]   # re-replicate dead node X's ranges, take it out
+    ringkv admin cleanup       [--url URL] [--no-wait]   # drop the ranges this node no longer replicates
 
 Exit codes: 0 done; 1 the node refused or the operation failed; 2 usage error or the node cannot be reached.
 A decommissioned node stops at the end: the command then reports success once the node is gone after its
@@ -28,7 +30,8 @@ POLL_S = 0.5
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("admin", help="cluster status and topology operations (status, ring, streams, decommission)")
-    p.add_argument("what", choices=["status", "ring", "streams", "decommission"])
+    p.add_argument("what", choices=["status", "ring", "streams", "decommission", "removenode", "cleanup"])
+    p.add_argument("target", nargs="?", help="removenode: the id of the dead node to remove")
     p.add_argument("--url", "--node", dest="url", default=os.environ.get("RINGKV_URL", DEFAULT_URL),
                    help=f"node URL (env RINGKV_URL, default {DEFAULT_URL})")
     p.add_argument("--json", action="store_true", help="print the node's JSON answer")
@@ -60,19 +63,21 @@ def streams_table(node: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _decommission(base: str, args: argparse.Namespace) -> int:
-    op = _call("POST", base + "/admin/v1/decommission", {})
+def _operation(base: str, args: argparse.Namespace) -> int:
+    body = {"node": args.target} if args.what == "removenode" else {}
+    op = _call("POST", f"{base}/admin/v1/{args.what}", body)
     if args.no_wait:
-        print(json.dumps(op) if args.json else f"decommission {op['id']} started on {base}")
+        print(json.dumps(op) if args.json else f"{args.what} {op['id']} started on {base}")
         return 0
     progress = Progress(sys.stderr)
     try:
         while op.get("state") == "running":
             p = op.get("progress") or {}
             done, total = int(p.get("ranges_done", 0)), int(p.get("ranges_total", 0))
-            if "ranges_total" in p:
-                line = (f"decommission {bar(done / total if total else 0.0)} {done}/{total} ranges  "
-                        f"{int(p.get('keys', 0)):,} keys  {human_bytes(p.get('bytes', 0))}  {p.get('phase')}")
+            if "ranges_total" in p or "scanned" in p:
+                line = (f"{args.what} {bar(done / total if total else 0.0)} {done}/{total} ranges  "
+                        f"{int(p.get('keys', p.get('dropped', 0))):,} keys  {human_bytes(p.get('bytes', 0))}  "
+                        f"{p.get('phase', '')}")
                 if progress.tty:
                     sys.stderr.write("\r\033[K  " + line)
                     sys.stderr.flush()
@@ -86,10 +91,10 @@ def _decommission(base: str, args: argparse.Namespace) -> int:
                 raise
     finally:
         progress.finish()
-    print(json.dumps(op) if args.json else f"decommission {op['id']} {op.get('state')}: {op.get('progress')}")
+    print(json.dumps(op) if args.json else f"{args.what} {op['id']} {op.get('state')}: {op.get('progress')}")
     if op.get("state") == "done":
         return 0
-    print(f"{PROG}: decommission {op.get('state')}: {op.get('error')}", file=sys.stderr)
+    print(f"{PROG}: {args.what} {op.get('state')}: {op.get('error')}", file=sys.stderr)
     return 1
 
 
@@ -99,8 +104,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{PROG}: --url must be an http:// or https:// URL", file=sys.stderr)
         return 2
     try:
-        if args.what == "decommission":
-            return _decommission(base, args)
+        if args.what == "removenode" and not args.target:
+            print(f"{PROG}: removenode needs the id of the node to remove", file=sys.stderr)
+            return 2
+        if args.what in ("decommission", "removenode", "cleanup"):
+            return _operation(base, args)
         if args.what == "status":
             members, ring = _call("GET", base + "/admin/v1/members"), _call("GET", base + "/admin/v1/ring")
             print(json.dumps({"members": members, "ring": ring}) if args.json else status_table(members, ring))
