@@ -74,7 +74,7 @@ class MemberState:
                 status=Status(doc["status"]), host=str(doc["host"]), http_port=int(doc["http"]),
                 peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
                 datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
-                ring=str(doc.get("ring") or "")[:32],  # absent from a sender that predates it
+                ring=str(doc.get("ring") or "")[:80],  # absent from a sender that predates it
                 replaces=str(doc.get("replaces") or ""),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:

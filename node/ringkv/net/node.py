@@ -218,26 +218,58 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(self._gossip_forever()))
         self._tasks.append(asyncio.create_task(self._save_ring_forever()))
         if tokens is None or resuming:  # a first start (or a join to finish): join through the seeds
-            if tokens is None:
-                tokens, stream = await self._allocate_tokens()
-            else:
-                await self._await_seeds()
-                stream = True
-                log.warning("resuming the join of %s: its data is streamed again", self.node_id)
-            if stream:
-                await self._bootstrap(tokens)
-            replaced = NodeId(self.config.replace_node) if self.config.replace_node else None
-            if stream and replaced is not None and replaced in self.membership.members:
-                # In the same step as we turn normal, so every state map gossip carries has both: the
-                # replaced node leaves every ring exactly when we enter it with its tokens.
-                self.membership.speak_for(replaced, status=Status.LEFT, tokens=())
-            self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL, replaces="")
-            self.gossiper.announce = True
-            self._rebuild_ring()
-            if self.identity.joining:
-                await self._persist_identity(joining=False)
+            await self._await_seeds()
+            if resuming or self._must_stream():
+                # A join streams for as long as the data takes: it goes on in the background, so that the HTTP
+                # listener comes up and shows its progress (`/ready` only once it is normal).
+                self.mode = "joining"
+                self._tasks.append(asyncio.create_task(self._join(tokens)))
+                return
+            tokens = await self._allocate_tokens(stream=False)
+            self._turn_normal(tokens, replaced=None)
         else:
             await self._await_ring(bool(remembered))
+        await self._serve(tokens)
+
+    def _must_stream(self) -> bool:
+        """A first start that must stream data: a replacement, or a join into a ring that has members (and
+        that does not remember tokens for us: a wiped node takes them back, and anti-entropy refills it)."""
+        echo = self.membership.echo
+        if echo is not None and echo.tokens:
+            return False
+        return bool(self.config.replace_node) or any(
+            s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
+            for n, s in self.membership.members.items() if n != self.node_id)
+
+    async def _join(self, tokens: list[int] | None) -> None:
+        """Wait for our turn, take tokens, stream and verify, turn normal, then serve (a background task)."""
+        try:
+            if tokens is None:
+                tokens = await self._allocate_tokens(stream=True)
+            else:
+                log.warning("resuming the join of %s: its data is streamed again", self.node_id)
+            await self._bootstrap(tokens)
+            replaced = NodeId(self.config.replace_node) if self.config.replace_node else None
+            self._turn_normal(tokens, replaced)
+            await self._persist_identity(joining=False)
+            await self._serve(tokens)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the join of %s failed; it resumes at the next start", self.node_id)
+            raise
+
+    def _turn_normal(self, tokens: list[int], replaced: NodeId | None) -> None:
+        if replaced is not None and replaced in self.membership.members:
+            # In the same step as we turn normal, so every state map gossip carries has both: the replaced
+            # node leaves every ring exactly when we enter it with its tokens.
+            self.membership.speak_for(replaced, status=Status.LEFT, tokens=())
+        self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL, replaces="")
+        self.gossiper.announce = True
+        self._rebuild_ring()
+
+    async def _serve(self, tokens: list[int]) -> None:
+        """Normal: deliver hints, run anti-entropy, take traffic."""
         self.mode = "normal"
         self._remember_ring()
         self._tasks.append(asyncio.create_task(self._deliver_hints_forever()))
@@ -245,8 +277,8 @@ class ClusterNode:
         self.coordinator.accepting = True
         self.ready = True
         log.info("node %s joined cluster %r with %d tokens (peer port %d, ring of %d nodes, actor %s)",
-                 self.node_id, cfg.cluster_name, len(tokens), peer_port, len(self.coordinator.ring),
-                 self.replica.actor)
+                 self.node_id, self.config.cluster_name, len(tokens), self.membership.local.peer_port,
+                 len(self.coordinator.ring), self.replica.actor)
 
     async def _start_antientropy(self) -> None:
         """Trees for the ranges of the current ring: the saved ones if they are current, else built in the
@@ -350,24 +382,21 @@ class ClusterNode:
             await self._persist_identity(tokens=tuple(tokens))
         return tokens or None
 
-    async def _allocate_tokens(self) -> tuple[list[int], bool]:
-        """A first start: balance our tokens against the ring seen through the seeds; persisted before use.
-        If the cluster remembers tokens for our node id (our data directory was wiped), take those back.
-        Returns the tokens and whether their data must be streamed first (a join into a ring that has
-        data: then it waits for its turn, one topology change at a time, before it allocates)."""
-        await self._await_seeds()
+    async def _allocate_tokens(self, stream: bool) -> list[int]:
+        """A first start (after `_await_seeds`): balance our tokens against the ring seen through the seeds;
+        persisted before use. If the cluster remembers tokens for our node id (our data directory was
+        wiped), take those back. For a join that streams (`stream`), wait for our turn first (one topology
+        change at a time), and a replacement takes the tokens of the node it replaces."""
         echo = self.membership.echo
         if echo is not None and echo.tokens:
             again = sorted(echo.tokens)
             log.warning("the cluster remembers node %s with %d tokens: taking them back (data directory new)",
                         self.node_id, len(again))
             await self._persist_identity(tokens=tuple(again))
-            return again, False
-        if self.config.replace_node:
-            return await self._take_over(NodeId(self.config.replace_node)), True
-        joining = any(s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
-                      for n, s in self.membership.members.items() if n != self.node_id)
-        if joining:
+            return again
+        if stream and self.config.replace_node:
+            return await self._take_over(NodeId(self.config.replace_node))
+        if stream:
             await self._await_turn()
         known = {
             ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
@@ -383,8 +412,8 @@ class ClusterNode:
             offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
             tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
         log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
-        await self._persist_identity(tokens=tuple(tokens), joining=joining)
-        return tokens, joining
+        await self._persist_identity(tokens=tuple(tokens), joining=stream)
+        return tokens
 
     async def _take_over(self, dead: NodeId) -> list[int]:
         """Replace: wait for our turn, then take the tokens of `dead` (a member of the ring that is down)."""

@@ -8,8 +8,8 @@ A node that gains a range (a join, or a decommission's successor) pulls it from 
 The source reads one batch of its token-ordered storage (`Replica.scan_range`, a consistent snapshot per
 batch, cost proportional to the batch) per call; the receiver merges every record of a batch into its own
 storage at once (`Replica.merge_in`: the DVV merge, so a record that also arrived by a write meanwhile loses
-nothing; one group commit makes the batch durable), takes the batch's bytes from a token bucket
-(`stream_mb_s`), and asks for the next. Progress per range: keys, bytes, done.
+nothing; one group commit makes the batch durable), counts it, takes the batch's bytes from a token bucket
+(`stream_mb_s`), and then asks for the next. Progress per range: keys, bytes, done.
 
 Writes go on during the stream (the coordinator sends them to the gaining node as a pending replica too), and
 a batch is a snapshot only of itself, so a streamed range is then **verified**: both sides build a
@@ -93,12 +93,12 @@ class Streamer:
                                     {"lo": progress.lo, "hi": progress.hi, "cursor": cursor, "limit": BATCH},
                                     self.timeout_s)
             records, size, cursor = _parse_batch(reply)
-            await self.limiter.acquire(size)
             await asyncio.gather(*(self.replica.merge_in(key, record) for key, record in records))
             progress.keys += len(records)
             progress.bytes += size
             self.stats.keys_received += len(records)
             self.stats.bytes_received += size
+            await self.limiter.acquire(size)  # paid before the next batch is asked for: the pace of the stream
             if cursor is None:
                 return
 
