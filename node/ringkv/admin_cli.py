@@ -63,8 +63,24 @@ def streams_table(node: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _left(peers: list[str], node_id: str) -> bool:
+    """Whether any of `peers` (URLs) sees `node_id` as left (a decommissioned node stops at the end)."""
+    for url in peers:
+        try:
+            members = _call("GET", url + "/admin/v1/members")
+        except (Unreachable, Refused):
+            continue
+        for m in members.get("members", []):
+            if m["node_id"] == node_id and m["status"] == "left":
+                return True
+    return False
+
+
 def _operation(base: str, args: argparse.Namespace) -> int:
     body = {"node": args.target} if args.what == "removenode" else {}
+    me = _call("GET", base + "/admin/v1/members")
+    peers = [f"http://{m['host']}:{m['http_port']}" for m in me.get("members", [])
+             if not m.get("local") and m.get("up")]
     op = _call("POST", f"{base}/admin/v1/{args.what}", body)
     if args.no_wait:
         print(json.dumps(op) if args.json else f"{args.what} {op['id']} started on {base}")
@@ -85,9 +101,9 @@ def _operation(base: str, args: argparse.Namespace) -> int:
             try:
                 op = _call("GET", f"{base}/admin/v1/operations/{op['id']}")
             except Unreachable:
-                if (op.get("progress") or {}).get("phase") == "left":
-                    op = {**op, "state": "done"}  # it stopped, as a decommissioned node does
-                    break
+                if args.what == "decommission" and _left(peers, str(me.get("node_id"))):
+                    op = {**op, "state": "done"}  # it stopped, as a decommissioned node does, and the others
+                    break  # see it left
                 raise
     finally:
         progress.finish()

@@ -127,6 +127,7 @@ class Coordinator:
         down_for: Callable[[NodeId], float] = lambda node: 0.0,
         hint_limiter: RateLimiter | None = None,
         departed: Callable[[NodeId], bool] = lambda node: False,
+        leaving: Callable[[NodeId], bool] = lambda node: False,
     ) -> None:
         self.node_id = node_id
         self.replica = replica
@@ -139,6 +140,7 @@ class Coordinator:
         self.hints_enabled = hints_enabled  # False: a failed replica gets no hint (and no stand-in counts)
         self.hint_limiter = hint_limiter
         self.departed = departed  # whether a node has left the ring (decommissioned): its hints are redirected
+        self.leaving = leaving  # whether a node is leaving: its hints wait until it has left
         self.ring = Ring()
         self.ring_digest = ""  # of `ring`, sent on internode requests; "" = unknown
         self.future: Ring | None = None  # the ring once the topology change in flight is done (None: none)
@@ -461,6 +463,8 @@ class Coordinator:
                 await self.replica.merge_in(hint.key, versions.decode_record(hint.record))
 
             return await deliver_pending(self.hints, target, merge_here, self.hint_limiter)
+        if self.leaving(target):
+            return 0  # it has handed over (part of) its ranges already: keep them, redirected once it has left
         if self.departed(target):  # it left the ring: what it was owed goes to the key's replicas now
             async def redirect(hint: Hint) -> None:
                 record = versions.decode_record(hint.record)
@@ -480,6 +484,8 @@ class Coordinator:
             return 0
 
         async def send(hint: Hint) -> None:
+            if self.leaving(target):  # it started leaving during this pass: the rest wait until it has left
+                raise NotDeliveredError(f"{target} is leaving")
             await self.call(target, "replicate", {"key": hint.key, "record": hint.record})
 
         try:

@@ -178,6 +178,7 @@ class ClusterNode:
                            cfg.suspect_after_s),
             self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
             down_for=self.gossiper.down_for, hint_limiter=limiter, departed=self._departed,
+            leaving=self._leaving,
         )
         self.coordinator.accepting = False
         self.antientropy = AntiEntropy(
@@ -299,6 +300,10 @@ class ClusterNode:
             log.info("loaded %d anti-entropy trees saved at the last clean stop", taken)
         if self.config.aae_enabled:
             self._tasks.append(asyncio.create_task(self.antientropy.run()))
+
+    def _leaving(self, node: NodeId) -> bool:
+        state = self.membership.members.get(node)
+        return node != self.node_id and state is not None and state.status == Status.LEAVING
 
     def _departed(self, node: NodeId) -> bool:
         state = self.membership.members.get(node)
