@@ -19,7 +19,7 @@ PLURAL = "kvclusters"
 
 # `ringkv node` settings a KVCluster may set through spec.config (the CRD lists the same). The others the
 # operator derives: data_dir, host, port, peer_port, node_id, advertise_host, seeds, cluster_name,
-# replication_factor, read_quorum, write_quorum, tokens, rack.
+# replication_factor, read_quorum, write_quorum, tokens, rack, replace_node (per node, when one is replaced).
 CONFIG_KEYS = frozenset({
     "durability", "memtable_mb", "max_request_bytes", "log_format", "log_level", "shutdown_timeout_s",
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",

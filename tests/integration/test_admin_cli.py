@@ -22,6 +22,8 @@ def ringkv(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[
 def test_admin_status_ring_streams_and_decommission(tmp_path: Path) -> None:
     with running_cluster(tmp_path, nodes=4) as cluster:
         n1, n4 = cluster.nodes[0], cluster.nodes[3]
+        # Every node gossips its view of the ring a round after it has it: wait for all four to show one.
+        wait_until(lambda: admin(n1, "/admin/v1/ring")["agreed"], 15, "every member gossips the same ring view")
         status = ringkv("admin", "status", "--url", n1.url)
         assert status.returncode == 0, status.stderr
         assert "all members agree" in status.stdout

@@ -42,7 +42,8 @@ CUSTOM_KINDS = {"KVCluster", "ServiceMonitor"}
 FULL = ("--set", "cluster.enabled=true", "--set", "serviceMonitor.enabled=true")
 # Node settings the operator derives from the KVCluster; everything else a node takes is spec.config.
 OPERATOR_OWNED_SETTINGS = {"data_dir", "host", "port", "peer_port", "node_id", "advertise_host", "seeds",
-                           "cluster_name", "replication_factor", "read_quorum", "write_quorum", "tokens", "rack"}
+                           "cluster_name", "replication_factor", "read_quorum", "write_quorum", "tokens", "rack",
+                           "replace_node"}  # per node, set by whoever replaces one (issue 13: the operator)
 
 
 @dataclasses.dataclass(frozen=True)
