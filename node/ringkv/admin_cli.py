@@ -6,6 +6,7 @@
     ringkv admin decommission  [--url URL] [--no-wait]   # hand this node's ranges over and leave; progress bar
     ringkv admin removenode X  [--url URL] [--no-wait]   # re-replicate dead node X's ranges, take it out
     ringkv admin cleanup       [--url URL] [--no-wait]   # drop the ranges this node no longer replicates
+    ringkv admin drain         [--url URL] [--no-wait]   # stop taking client requests, flush (before a stop)
 
 Exit codes: 0 done; 1 the node refused or the operation failed; 2 usage error or the node cannot be reached.
 A decommissioned node stops at the end: the command then reports success once the node is gone after its
@@ -30,7 +31,8 @@ POLL_S = 0.5
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("admin", help="cluster status and topology operations (status, ring, streams, decommission)")
-    p.add_argument("what", choices=["status", "ring", "streams", "decommission", "removenode", "cleanup"])
+    p.add_argument("what", choices=["status", "ring", "streams", "decommission", "removenode", "cleanup",
+                                      "drain"])
     p.add_argument("target", nargs="?", help="removenode: the id of the dead node to remove")
     p.add_argument("--url", "--node", dest="url", default=os.environ.get("RINGKV_URL", DEFAULT_URL),
                    help=f"node URL (env RINGKV_URL, default {DEFAULT_URL})")
@@ -123,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
         if args.what == "removenode" and not args.target:
             print(f"{PROG}: removenode needs the id of the node to remove", file=sys.stderr)
             return 2
-        if args.what in ("decommission", "removenode", "cleanup"):
+        if args.what in ("decommission", "removenode", "cleanup", "drain"):
             return _operation(base, args)
         if args.what == "status":
             members, ring = _call("GET", base + "/admin/v1/members"), _call("GET", base + "/admin/v1/ring")

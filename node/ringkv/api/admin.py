@@ -5,6 +5,7 @@ These read local state only (no quorum) and are meant for operators, the Kuberne
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -14,7 +15,8 @@ from ringkv.api import keys, validation
 from ringkv.api.errors import error_response, json_response
 from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
-from ringkv.net import cleanup, decommission, removenode
+from ringkv.net import cleanup, decommission, drain, removenode
+from ringkv.net.operations import DONE, Operation
 
 admin_routes = web.RouteTableDef()
 
@@ -164,17 +166,34 @@ async def get_repair(request: web.Request) -> web.Response:
     return json_response(op.to_json())
 
 
+def _start_once(node: Any, kind: str, params: dict[str, Any], check: Callable[[], None],
+                run: Callable[[Operation], Awaitable[None]]) -> web.Response:
+    """Start an operation (202), unless one of `kind` with the same `params` is running: that one (200).
+    `check` raises a `change_in_progress` error when it may not start now."""
+    running = [op for op in node.operations.running(kind) if op.params == params]
+    if running:
+        return json_response(running[0].to_json())
+    check()
+    return json_response(node.operations.start(kind, params, run).to_json(), status=202)
+
+
 @admin_routes.post("/admin/v1/decommission")
 async def start_decommission(request: web.Request) -> web.Response:
     """Hand this node's ranges to their new owners and leave the ring (202 with the operation; a decommission
     already running is returned as it is, 200)."""
     node = request.app[keys.NODE]
-    running = node.operations.running("decommission")
-    if running:
-        return json_response(running[0].to_json())
-    decommission.check(node)
-    op = node.operations.start("decommission", {}, lambda op: decommission.run(node, op))
-    return json_response(op.to_json(), status=202)
+    return _start_once(node, "decommission", {}, lambda: decommission.check(node),
+                       lambda op: decommission.run(node, op))
+
+
+@admin_routes.post("/admin/v1/drain")
+async def start_drain(request: web.Request) -> web.Response:
+    """Stop taking client requests, finish those in flight and flush, before a planned stop (202)."""
+    node = request.app[keys.NODE]
+    done = [op for op in node.operations.all.values() if op.kind == "drain" and op.state == DONE]
+    if done and node.mode == "drained":
+        return json_response(done[-1].to_json())
+    return _start_once(node, "drain", {}, lambda: drain.check(node), lambda op: drain.run(node, op))
 
 
 @admin_routes.get("/admin/v1/operations")
@@ -197,21 +216,12 @@ async def start_removenode(request: web.Request) -> web.Response:
     operation; `{"node": "<node id>"}`)."""
     node = request.app[keys.NODE]
     target = validation.parse_node_request(await request.read())
-    running = [op for op in node.operations.running("removenode") if op.params.get("node") == target]
-    if running:
-        return json_response(running[0].to_json())
-    removenode.check(node, target)
-    op = node.operations.start("removenode", {"node": target}, lambda op: removenode.run(node, target, op))
-    return json_response(op.to_json(), status=202)
+    return _start_once(node, "removenode", {"node": target}, lambda: removenode.check(node, target),
+                       lambda op: removenode.run(node, target, op))
 
 
 @admin_routes.post("/admin/v1/cleanup")
 async def start_cleanup(request: web.Request) -> web.Response:
     """Drop the records this node no longer replicates (202 with the operation)."""
     node = request.app[keys.NODE]
-    running = node.operations.running("cleanup")
-    if running:
-        return json_response(running[0].to_json())
-    cleanup.check(node)
-    op = node.operations.start("cleanup", {}, lambda op: cleanup.run(node, op))
-    return json_response(op.to_json(), status=202)
+    return _start_once(node, "cleanup", {}, lambda: cleanup.check(node), lambda op: cleanup.run(node, op))

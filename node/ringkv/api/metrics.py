@@ -124,7 +124,7 @@ class ClusterCollector(Collector):
         yield from _topology(node)
 
 
-NODE_MODES = ("starting", "joining", "normal", "leaving", "left", "stopping")
+NODE_MODES = ("starting", "joining", "normal", "leaving", "left", "drained", "stopping")
 
 
 def _topology(node: ClusterNode) -> Iterator[Metric]:

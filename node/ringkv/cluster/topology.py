@@ -20,6 +20,10 @@ gossip computes the same plan.
   that do not yet see each other could both go ahead, which is why a candidate announces itself and waits a
   few gossip rounds before it looks (see `net/node.py`), and why token conflicts still resolve the same way
   on every node (`ringview`).
+- **Agreement** (`views_agree`): a change waits until every member of the ring gossips the same view (ring and
+  future ring digests) before it moves data. Members we have not heard from since we started count as
+  disagreeing until we have gossiped long enough to call them dead (`settled`): right after a restart no one
+  is up yet, and an empty set of live members is not agreement.
 """
 
 from __future__ import annotations
@@ -113,3 +117,25 @@ def join_turn(candidates: Iterable[tuple[NodeId, int]]) -> NodeId | None:
     """Of the nodes waiting to join, `(node_id, generation)`, the one whose turn it is."""
     ordered = sorted(candidates, key=lambda c: (c[1], c[0]))
     return ordered[0][0] if ordered else None
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What gossip tells us of another member, for `views_agree`."""
+
+    in_ring: bool  # normal or leaving: its ring matters (joining and left members do not place data)
+    heard: bool  # a heartbeat of it has arrived since we started
+    up: bool
+    view: str  # the view digest it gossips
+
+
+def views_agree(peers: Iterable[PeerView], view: str, settled: bool) -> bool:
+    """Whether every live member of the ring shows `view`; one never heard blocks agreement until `settled`."""
+    for peer in peers:
+        if not peer.in_ring:
+            continue
+        if not peer.heard and not settled:
+            return False
+        if peer.up and peer.view != view:
+            return False
+    return True

@@ -145,6 +145,8 @@ class Coordinator:
         self.ring_digest = ""  # of `ring`, sent on internode requests; "" = unknown
         self.future: Ring | None = None  # the ring once the topology change in flight is done (None: none)
         self.accepting = True  # False until the node has heard the ring, and again while it stops
+        self.draining = False  # drained (`net/drain.py`): no client request is coordinated here any more
+        self.in_flight = 0  # client requests being coordinated here
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[Any]] = set()
         self._owed: set[_Owed] = set()
@@ -217,8 +219,15 @@ class Coordinator:
 
     async def put(self, key: bytes, value: bytes | None, context: VersionVector | None, w: int | None) -> Record:
         """A client write (value None = delete). Returns the coordinator's resulting record."""
-        if not self.accepting:
-            raise NotReadyError(f"{self.node_id} is not taking writes (starting or stopping)")
+        if not self.accepting or self.draining:
+            raise NotReadyError(f"{self.node_id} is not taking writes (starting, draining or stopping)")
+        self.in_flight += 1
+        try:
+            return await self._put(key, value, context, w)
+        finally:
+            self.in_flight -= 1
+
+    async def _put(self, key: bytes, value: bytes | None, context: VersionVector | None, w: int | None) -> Record:
         w_required = self.quorum(w, self.settings.write_quorum, "w")
         preference = self.preference(key)
         if len(preference) < w_required:
@@ -256,8 +265,8 @@ class Coordinator:
 
     async def handle_coordinate(self, body: Any, peer: str) -> Any:
         """Internode: another node forwarded a client write to us."""
-        if not self.accepting:
-            raise NotReadyError(f"{self.node_id} is not taking writes yet")
+        if not self.accepting or self.draining:
+            raise NotReadyError(f"{self.node_id} is not taking writes (starting, draining or stopping)")
         self.check_ring(body, peer)
         key, value, w = bytes(body["key"]), body["value"], int(body["w"])
         preference = self.preference(key)
@@ -383,6 +392,16 @@ class Coordinator:
     # -- reads ----------------------------------------------------------------------------------------
 
     async def get(self, key: bytes, r: int | None) -> Record:
+        """A client read at `r` (the configured read quorum when None)."""
+        if self.draining:
+            raise NotReadyError(f"{self.node_id} is drained: it takes no client requests")
+        self.in_flight += 1
+        try:
+            return await self._get(key, r)
+        finally:
+            self.in_flight -= 1
+
+    async def _get(self, key: bytes, r: int | None) -> Record:
         r_required = self.quorum(r, self.settings.read_quorum, "r")
         preference = self.preference(key)
         tally = ReadTally(required=r_required, asked=len(preference))

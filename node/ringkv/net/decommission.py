@@ -85,8 +85,8 @@ async def run(node: ClusterNode, op: Operation, exit_when_done: bool = True) -> 
     op.progress["phase"] = "handing off hints"
     await _hand_off_hints(node)
     op.progress["phase"] = "left"
+    await node._persist_identity(tokens=())  # first: killed after gossip carried `left`, we restart as new
     node.membership.update_local(status=Status.LEFT, tokens=())
-    await node._persist_identity(tokens=())
     node._rebuild_ring()
     node.coordinator.accepting = False
     node.ready = False

@@ -70,6 +70,10 @@ class Gossiper:
             return True
         return self._up.get(node, False)
 
+    def heard_from(self, node: NodeId) -> bool:
+        """Whether a heartbeat of `node` has arrived since we started (the failure detector judges it)."""
+        return node == self.membership.local_id or self.detector.is_monitoring(node)
+
     def down_for(self, node: NodeId, now: float | None = None) -> float:
         """Seconds `node` has been judged down without a break (0 while up or not yet judged)."""
         since = self._down_since.get(node)

@@ -58,6 +58,7 @@ log = logging.getLogger("ringkv.node")
 NODE_FILE = identity.FILE_NAME
 TREES_FILE = os.path.join("aae", "trees.bin")
 WAIT_LOG_INTERVAL_S = 10.0
+UNHEARD_ROUNDS = 10  # gossip rounds after our start before a member of the ring never heard counts as dead
 
 
 class ClusterNode:
@@ -87,7 +88,7 @@ class ClusterNode:
         self._identity_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
-        self.mode = "starting"  # starting | joining | normal | leaving | stopping
+        self.mode = "starting"  # starting | joining | normal | leaving | left | drained | stopping
         self.join_progress: list[RangeProgress] = []
         self.view_digest = ""  # of the ring and of the future ring while a change is in flight
         self.ring_conflicts: tuple[str, ...] = ()
@@ -220,6 +221,11 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(self._save_ring_forever()))
         if tokens is None or resuming:  # a first start (or a join to finish): join through the seeds
             await self._await_seeds()
+            if resuming and self._join_cancelled():
+                log.warning("the join of %s was cancelled while it was down (removenode): joining afresh",
+                            self.node_id)
+                await self._persist_identity(tokens=(), joining=False)
+                tokens, resuming = None, False
             if resuming or self._must_stream():
                 # A join streams for as long as the data takes: it goes on in the background, so that the HTTP
                 # listener comes up and shows its progress (`/ready` only once it is normal).
@@ -241,6 +247,11 @@ class ClusterNode:
         return bool(self.config.replace_node) or any(
             s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
             for n, s in self.membership.members.items() if n != self.node_id)
+
+    def _join_cancelled(self) -> bool:
+        """Resuming a join: whether the cluster removed us meanwhile (`left`, no tokens, in its echo of us)."""
+        echo = self.membership.echo
+        return echo is not None and echo.status == Status.LEFT and not echo.tokens
 
     async def _join(self, tokens: list[int] | None) -> None:
         """Wait for our turn, take tokens, stream and verify, turn normal, then serve (a background task)."""
@@ -548,16 +559,22 @@ class ClusterNode:
         return {"keys": progress.keys, "bytes": progress.bytes, "verify_repaired": progress.verify_repaired}
 
     async def _await_agreement(self, limit_s: float) -> None:
-        """Until every live member gossips the same view (ring and future ring) as ours, or `limit_s`."""
+        """Until every live member gossips the same view (ring and future ring) as ours, or `limit_s`. A member
+        of the ring not heard since we started counts as disagreeing for `UNHEARD_ROUNDS` gossip rounds
+        (`topology.views_agree`)."""
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            views = {s.ring for n, s in self.membership.members.items()
-                     if n != self.node_id and self.gossiper.is_up(n) and s.status != Status.JOINING}
-            if views <= {self.view_digest}:
+            if self._agreed():
                 return
             self.gossiper.heard.clear()
             await self._wait_heard(self.config.gossip_interval_s)
         log.warning("not every member showed our view of the ring within %.0fs; streaming anyway", limit_s)
+
+    def _agreed(self) -> bool:
+        peers = (topology.PeerView(s.status in (Status.NORMAL, Status.LEAVING), self.gossiper.heard_from(n),
+                                   self.gossiper.is_up(n), s.ring)
+                 for n, s in self.membership.members.items() if n != self.node_id)
+        return topology.views_agree(peers, self.view_digest, self.gossiper.rounds >= UNHEARD_ROUNDS)
 
     async def _await_seeds(self) -> None:
         """Before allocating tokens, hear from a seed (unless we are alone or the founder, the first seed), so

@@ -11,6 +11,9 @@ taken out of the ring. Run by any live node R (`POST /admin/v1/removenode {"node
    it with that replica by a Merkle exchange (`ClusterNode.receive_range`). When G is R itself, R does so.
 4. R announces X `left` with no tokens: X leaves every ring; hints held for X go to the key's replicas.
 
+A node that died while joining (joining, with pending tokens) is removed at once: it owned nothing, so
+announcing it `left` with no tokens cancels its pending ranges everywhere.
+
 A removed node must be wiped before it is started again: a restarted X would gossip a new generation and
 take its old place (it then joins as a new member, as a decommissioned node does).
 """
@@ -39,7 +42,7 @@ PULL_TIMEOUT_S = 3600.0
 def check(node: ClusterNode, target: NodeId) -> None:
     if target == node.node_id:
         raise ChangeInProgressError("a node cannot remove itself: decommission it instead")
-    if target not in node.coordinator.ring:
+    if target not in node.coordinator.ring and not _dead_joiner(node, target):
         raise ChangeInProgressError(f"{target} is not in the ring")
     if node.gossiper.is_up(target):
         raise ChangeInProgressError(f"{target} is up: decommission it, or stop it before removing it")
@@ -50,8 +53,22 @@ def check(node: ClusterNode, target: NodeId) -> None:
         raise ChangeInProgressError(f"another topology change is in flight: {', '.join(busy)}")
 
 
+def _dead_joiner(node: ClusterNode, target: NodeId) -> bool:
+    state = node.membership.members.get(target)
+    return state is not None and state.status == Status.JOINING and bool(state.tokens)
+
+
 async def run(node: ClusterNode, target: NodeId, op: Operation) -> None:
     cfg = node.config
+    if _dead_joiner(node, target):
+        # It owned nothing yet: dropping its pending tokens cancels the join (what it streamed stays on it,
+        # and writes for its future ranges reached the current replicas too).
+        op.progress.update(phase="left", ranges_total=0, ranges_done=0, keys=0, bytes=0, verify_repaired=0)
+        node.membership.speak_for(target, status=Status.LEFT, tokens=())
+        node._rebuild_ring()
+        await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)
+        log.warning("removed %s, which died while joining: its join is cancelled", target)
+        return
     op.progress.update(phase="leaving", ranges_total=0, ranges_done=0, keys=0, bytes=0, verify_repaired=0)
     node.membership.speak_for(target, status=Status.LEAVING)
     node._rebuild_ring()

@@ -88,3 +88,27 @@ def test_a_joiner_into_a_one_node_ring_gains_the_whole_ring() -> None:
 def test_the_earliest_candidate_joins_first_and_ties_break_by_node_id() -> None:
     assert topology.join_turn([(NodeId("b"), 5), (NodeId("a"), 7), (NodeId("c"), 5)]) == NodeId("b")
     assert topology.join_turn([]) is None
+
+
+# -- agreement ---------------------------------------------------------------------------------------------
+
+
+def _peer(view: str = "v", up: bool = True, heard: bool = True, in_ring: bool = True) -> topology.PeerView:
+    return topology.PeerView(in_ring=in_ring, heard=heard, up=up, view=view)
+
+
+def test_views_agree_when_every_live_member_shows_ours() -> None:
+    assert topology.views_agree([_peer(), _peer()], "v", settled=False)
+    assert not topology.views_agree([_peer(), _peer(view="w")], "v", settled=True)
+
+
+def test_a_member_never_heard_blocks_agreement_until_settled() -> None:
+    # Just restarted: no heartbeat has arrived yet, so no one is up; that is not agreement.
+    unheard = [_peer(view="old", up=False, heard=False)] * 3
+    assert not topology.views_agree(unheard, "v", settled=False)
+    assert topology.views_agree(unheard, "v", settled=True)  # long enough: they are dead for us
+
+
+def test_down_joining_and_left_members_do_not_block_agreement() -> None:
+    peers = [_peer(), _peer(view="old", up=False), _peer(view="x", in_ring=False, heard=False)]
+    assert topology.views_agree(peers, "v", settled=False)
