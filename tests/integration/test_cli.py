@@ -169,3 +169,18 @@ def test_errors_are_one_line_without_a_traceback(independent: Runs) -> None:
         assert "Traceback" not in done.stderr, (name, done.stderr)
         if name != "node_bad_env":  # argparse-style usage errors may span lines; the verbs' errors do not
             assert done.stderr.count("\n") <= 1, (name, done.stderr)
+
+
+def test_output_into_a_closed_pipe_is_quiet(node: NodeProcess) -> None:
+    """`ringkv get KEY | head -c 10`: the reader goes before the output is written; no traceback, exit 141."""
+    assert ringkv("put", "piped", orjson.dumps(["x" * 100] * 90).decode(), "--url", node.url).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ringkv.cli", "get", "piped", "--url", node.url],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=CLI_TIMEOUT_S,
+                              check=False, env=cli_env())
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
