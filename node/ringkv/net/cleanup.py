@@ -25,7 +25,7 @@ def check(node: ClusterNode) -> None:
     if node.mode != "normal":
         raise ChangeInProgressError(f"{node.node_id} is {node.mode}, not normal")
     if node.coordinator.future is not None:
-        busy, _ = node._topology_in_flight()
+        busy, _ = node.topology_in_flight()
         raise ChangeInProgressError(f"a topology change is in flight: {', '.join(busy) or 'the ring is changing'}")
 
 

@@ -52,7 +52,7 @@ def check(node: ClusterNode) -> None:
     """Raise unless this node may start leaving now."""
     if node.mode != "normal":
         raise ChangeInProgressError(f"{node.node_id} is {node.mode}, not normal: it cannot start leaving")
-    busy, _ = node._topology_in_flight()
+    busy, _ = node.topology_in_flight()
     if busy:
         raise ChangeInProgressError(f"another topology change is in flight: {', '.join(busy)}")
     if len(node.coordinator.ring) <= 1:
@@ -64,8 +64,8 @@ async def run(node: ClusterNode, op: Operation, exit_when_done: bool = True) -> 
     op.progress.update(phase="leaving", ranges_total=0, ranges_done=0, keys=0, bytes=0, verify_repaired=0)
     node.mode = "leaving"
     node.membership.update_local(status=Status.LEAVING)
-    node._rebuild_ring()
-    await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)
+    node.rebuild_ring()
+    await node.await_agreement()
     current, future = node.coordinator.ring, node.coordinator.future
     if future is None:
         raise RingkvError("no future ring while leaving")
@@ -85,13 +85,13 @@ async def run(node: ClusterNode, op: Operation, exit_when_done: bool = True) -> 
     op.progress["phase"] = "handing off hints"
     await _hand_off_hints(node)
     op.progress["phase"] = "left"
-    await node._persist_identity(tokens=())  # first: killed after gossip carried `left`, we restart as new
+    await node.persist_identity(tokens=())  # first: killed after gossip carried `left`, we restart as new
     node.membership.update_local(status=Status.LEFT, tokens=())
-    node._rebuild_ring()
+    node.rebuild_ring()
     node.coordinator.accepting = False
     node.ready = False
     node.mode = "left"
-    await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)  # every live node's ring is without us
+    await node.await_agreement()  # every live node's ring is without us
     log.warning("node %s has left the ring (%d ranges handed over)", node.node_id, len(moves))
     if exit_when_done:
         os.kill(os.getpid(), signal.SIGTERM)

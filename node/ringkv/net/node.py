@@ -13,7 +13,8 @@ Start-up:
    fails). A restarted node that has a remembered ring stops waiting after `ring_wait_s` (a whole-cluster
    restart under OrderedReady would otherwise wait for peers that only start after it): quorums are never
    lowered, so on that ring it answers 503 rather than acknowledge alone. A first start keeps waiting.
-4. Announce `normal`, deliver hints, take traffic.
+4. Announce `normal`, deliver hints, take traffic. A first start into a ring that has members instead joins
+   with data in the background (`net/join.py`: turn, tokens, stream, verify), HTTP up meanwhile.
 
 Shutdown: stop coordinating; stop gossip and hint delivery; let owed replication finish or keep it as hints;
 close the transport, then the hint store. `finish` (after the data engine is closed) clears `running`.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -31,18 +33,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ringkv.cluster import ids, ringview, topology
-from ringkv.cluster import ring as ringmod
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
 from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
-from ringkv.errors import RequestError, RingkvError
-from ringkv.net import identity
+from ringkv.net import identity, join
 from ringkv.net.antientropy import AaeSettings, AntiEntropy
 from ringkv.net.coordinator import Coordinator, QuorumSettings
 from ringkv.net.gossip import Gossiper
 from ringkv.net.hints import HintStore
 from ringkv.net.identity import Identity
+from ringkv.net.join import WAIT_LOG_INTERVAL_S
 from ringkv.net.operations import Operations
 from ringkv.net.streaming import RangeProgress, Streamer
 from ringkv.net.throttle import RateLimiter
@@ -57,7 +58,6 @@ log = logging.getLogger("ringkv.node")
 
 NODE_FILE = identity.FILE_NAME
 TREES_FILE = os.path.join("aae", "trees.bin")
-WAIT_LOG_INTERVAL_S = 10.0
 UNHEARD_ROUNDS = 10  # gossip rounds after our start before a member of the ring never heard counts as dead
 
 
@@ -102,7 +102,7 @@ class ClusterNode:
                                    identity.new_incarnation(), self.engine.last_seq,
                                    len(self.engine.engine.lost_tables))
         self.identity = decision.identity
-        await self._persist_identity()
+        await self.persist_identity()
         self.replica.actor = ids.actor(self.node_id, self.identity.incarnation)
         if decision.new_incarnation:
             log.warning("node %s takes a new incarnation %s (%s): its new dots are %s", self.node_id,
@@ -110,7 +110,7 @@ class ClusterNode:
         else:
             log.info("node %s keeps incarnation %s (%s)", self.node_id, self.identity.incarnation, decision.reason)
 
-    async def _persist_identity(self, **changes: Any) -> None:
+    async def persist_identity(self, **changes: Any) -> None:
         async with self._identity_lock:
             self.identity = self.identity.with_(**changes)
             write = asyncio.ensure_future(asyncio.to_thread(identity.save, self._identity_path, self.identity))
@@ -122,7 +122,7 @@ class ClusterNode:
 
     async def _renew_actor(self, old: NodeId) -> NodeId:
         """A new incarnation, persisted before its first dot (the replica's corrupt-record path)."""
-        await self._persist_identity(incarnation=identity.new_incarnation())
+        await self.persist_identity(incarnation=identity.new_incarnation())
         return ids.actor(self.node_id, self.identity.incarnation)
 
     def _remember_ring(self) -> None:
@@ -136,7 +136,7 @@ class ClusterNode:
             peers = tuple(s.to_wire() for n, s in self.membership.members.items()
                           if n != self.node_id and s.tokens and s.status in (Status.NORMAL, Status.LEAVING))
             try:
-                await self._persist_identity(peers=peers, generation=self.membership.local.generation,
+                await self.persist_identity(peers=peers, generation=self.membership.local.generation,
                                              data_seq=self.engine.last_seq)
             except OSError as e:
                 log.error("could not save %s: %s", self._identity_path, e)
@@ -145,7 +145,7 @@ class ClusterNode:
     async def finish(self) -> None:
         """After the data engine is closed: record the clean stop."""
         if hasattr(self, "identity"):
-            await self._persist_identity(running=False, data_seq=self.engine.last_seq)
+            await self.persist_identity(running=False, data_seq=self.engine.last_seq)
 
     # -- start ----------------------------------------------------------------------------------------
 
@@ -170,7 +170,7 @@ class ClusterNode:
         self.membership.restore(remembered)
         self.gossiper = Gossiper(
             self.membership, self.peers, self._seeds(cfg.peer_port), cfg.gossip_interval_s, cfg.phi_threshold,
-            on_members_changed=self._rebuild_ring, on_transition=self._transition,
+            on_members_changed=self.rebuild_ring, on_transition=self._transition,
         )
         limiter = RateLimiter(cfg.hint_delivery_mb_s * 1024 * 1024 if cfg.hint_delivery_mb_s > 0 else None)
         self.coordinator = Coordinator(
@@ -205,7 +205,7 @@ class ClusterNode:
             "aae_prepare": aae.handle_prepare,
             "aae_release": aae.handle_release,
             "stream_range": self.streamer.handle_stream_range,
-            "stream_pull": self.handle_stream_pull,
+            "stream_pull": functools.partial(join.handle_stream_pull, self),
             "ping": self._ping,
         }, on_refused=self._on_refused)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
@@ -215,72 +215,39 @@ class ClusterNode:
         resuming = tokens is not None and self.identity.joining  # killed mid-join: stream it all again
         if tokens is not None and not resuming:  # a restart: back in the ring, never announced without tokens
             self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL)
-        self._rebuild_ring()
+        self.rebuild_ring()
         self.gossiper.announce = tokens is not None and not resuming
         self._tasks.append(asyncio.create_task(self._gossip_forever()))
         self._tasks.append(asyncio.create_task(self._save_ring_forever()))
         if tokens is None or resuming:  # a first start (or a join to finish): join through the seeds
             await self._await_seeds()
-            if resuming and self._join_cancelled():
+            if resuming and join.cancelled(self):
                 log.warning("the join of %s was cancelled while it was down (removenode): joining afresh",
                             self.node_id)
-                await self._persist_identity(tokens=(), joining=False)
+                await self.persist_identity(tokens=(), joining=False)
                 tokens, resuming = None, False
-            if resuming or self._must_stream():
+            if resuming or join.must_stream(self):
                 # A join streams for as long as the data takes: it goes on in the background, so that the HTTP
                 # listener comes up and shows its progress (`/ready` only once it is normal).
                 self.mode = "joining"
-                self._tasks.append(asyncio.create_task(self._join(tokens)))
+                self._tasks.append(asyncio.create_task(join.run(self, tokens)))
                 return
-            tokens = await self._allocate_tokens(stream=False)
-            self._turn_normal(tokens, replaced=None)
+            tokens = await join.allocate_tokens(self, stream=False)
+            self.turn_normal(tokens, replaced=None)
         else:
             await self._await_ring(bool(remembered))
-        await self._serve(tokens)
+        await self.serve(tokens)
 
-    def _must_stream(self) -> bool:
-        """A first start that must stream data: a replacement, or a join into a ring that has members (and
-        that does not remember tokens for us: a wiped node takes them back, and anti-entropy refills it)."""
-        echo = self.membership.echo
-        if echo is not None and echo.tokens:
-            return False
-        return bool(self.config.replace_node) or any(
-            s.tokens and s.status in (Status.NORMAL, Status.LEAVING)
-            for n, s in self.membership.members.items() if n != self.node_id)
-
-    def _join_cancelled(self) -> bool:
-        """Resuming a join: whether the cluster removed us meanwhile (`left`, no tokens, in its echo of us)."""
-        echo = self.membership.echo
-        return echo is not None and echo.status == Status.LEFT and not echo.tokens
-
-    async def _join(self, tokens: list[int] | None) -> None:
-        """Wait for our turn, take tokens, stream and verify, turn normal, then serve (a background task)."""
-        try:
-            if tokens is None:
-                tokens = await self._allocate_tokens(stream=True)
-            else:
-                log.warning("resuming the join of %s: its data is streamed again", self.node_id)
-            await self._bootstrap(tokens)
-            replaced = NodeId(self.config.replace_node) if self.config.replace_node else None
-            self._turn_normal(tokens, replaced)
-            await self._persist_identity(joining=False)
-            await self._serve(tokens)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the join of %s failed; it resumes at the next start", self.node_id)
-            raise
-
-    def _turn_normal(self, tokens: list[int], replaced: NodeId | None) -> None:
+    def turn_normal(self, tokens: list[int], replaced: NodeId | None) -> None:
         if replaced is not None and replaced in self.membership.members:
             # In the same step as we turn normal, so every state map gossip carries has both: the replaced
             # node leaves every ring exactly when we enter it with its tokens.
             self.membership.speak_for(replaced, status=Status.LEFT, tokens=())
         self.membership.update_local(tokens=tuple(tokens), status=Status.NORMAL, replaces="")
         self.gossiper.announce = True
-        self._rebuild_ring()
+        self.rebuild_ring()
 
-    async def _serve(self, tokens: list[int]) -> None:
+    async def serve(self, tokens: list[int]) -> None:
         """Normal: deliver hints, run anti-entropy, take traffic."""
         self.mode = "normal"
         self._remember_ring()
@@ -367,7 +334,7 @@ class ClusterNode:
         if up and self.hints.pending.get(node) and self.coordinator.accepting:
             self.coordinator.spawn(self.coordinator.deliver_hints())  # tracked: a stop waits for or cancels it
 
-    def _rebuild_ring(self) -> None:
+    def rebuild_ring(self) -> None:
         try:
             view = ring_from_members(self.membership.members.values())
         except ValueError as e:  # a malformed state that passed gossip's checks: keep the last ring, loudly
@@ -395,87 +362,10 @@ class ClusterNode:
         """Our tokens when they are already decided: the flag, else those kept in `node.json`. Persisted."""
         tokens = self.config.token_list() or list(self.identity.tokens)
         if tokens and tuple(tokens) != self.identity.tokens:
-            await self._persist_identity(tokens=tuple(tokens))
+            await self.persist_identity(tokens=tuple(tokens))
         return tokens or None
 
-    async def _allocate_tokens(self, stream: bool) -> list[int]:
-        """A first start (after `_await_seeds`): balance our tokens against the ring seen through the seeds;
-        persisted before use. If the cluster remembers tokens for our node id (our data directory was
-        wiped), take those back. For a join that streams (`stream`), wait for our turn first (one topology
-        change at a time), and a replacement takes the tokens of the node it replaces."""
-        echo = self.membership.echo
-        if echo is not None and echo.tokens:
-            again = sorted(echo.tokens)
-            log.warning("the cluster remembers node %s with %d tokens: taking them back (data directory new)",
-                        self.node_id, len(again))
-            await self._persist_identity(tokens=tuple(again))
-            return again
-        if stream and self.config.replace_node:
-            return await self._take_over(NodeId(self.config.replace_node))
-        if stream:
-            await self._await_turn()
-        known = {
-            ringmod.NodeInfo(s.node_id, s.datacenter, s.rack, s.capacity): s.tokens
-            for s in self.membership.members.values()
-            if s.tokens and s.node_id != self.node_id and s.status in (Status.NORMAL, Status.LEAVING)
-        }
-        info = ringmod.NodeInfo(self.node_id, self.config.datacenter, self.config.rack, self.config.capacity)
-        count = ringmod.token_count(info, self.config.num_tokens)
-        tokens: list[int] = list(await asyncio.to_thread(
-            ringmod.allocate_tokens, ringmod.Ring(known), info, count, replication=self.config.replication_factor))
-        if not known:
-            # Alone: evenly spaced tokens, rotated by our id so two founders never collide.
-            offset = ringmod.token_for(self.node_id.encode()) % (2**64 // count)
-            tokens = sorted((t + offset + 2**63) % 2**64 - 2**63 for t in tokens)
-        log.info("allocated %d tokens against a ring of %d nodes", len(tokens), len(known))
-        await self._persist_identity(tokens=tuple(tokens), joining=stream)
-        return tokens
-
-    async def _take_over(self, dead: NodeId) -> list[int]:
-        """Replace: wait for our turn, then take the tokens of `dead` (a member of the ring that is down)."""
-        await self._await_turn()
-        started = time.monotonic()
-        while True:
-            state = self.membership.members.get(dead)
-            if (state is not None and state.tokens and state.status == Status.NORMAL
-                    and not self.gossiper.is_up(dead)):
-                tokens = sorted(state.tokens)
-                log.warning("replacing %s: taking its %d tokens", dead, len(tokens))
-                await self._persist_identity(tokens=tuple(tokens), joining=True)
-                return tokens
-            if time.monotonic() - started > WAIT_LOG_INTERVAL_S:
-                started = time.monotonic()
-                log.warning("cannot replace %s yet: it must be a normal member of the ring that is down (%s)",
-                            dead, "unknown" if state is None else f"{state.status.value}, "
-                            f"{'up' if self.gossiper.is_up(dead) else 'down'}")
-            self.gossiper.heard.clear()
-            await self._wait_heard(self.config.gossip_interval_s)
-
-    async def _await_turn(self) -> None:
-        """One topology change at a time: announce that we want to join (joining, no tokens yet), give gossip a
-        few rounds to show us the other candidates, then wait until no change is in flight and it is our turn
-        (`topology.join_turn`: the earliest generation first)."""
-        interval = self.config.gossip_interval_s
-        self.membership.update_local(status=Status.JOINING, tokens=())
-        self.gossiper.announce = True
-        self.mode = "joining"
-        settle_until = time.monotonic() + 3 * interval
-        started = time.monotonic()
-        last_log = started
-        while True:
-            self.gossiper.heard.clear()  # set again by the next exchange absorbed
-            await self._wait_heard(max(interval, settle_until - time.monotonic()))
-            if time.monotonic() < settle_until:
-                continue
-            busy, candidates = self._topology_in_flight()
-            if not busy and topology.join_turn(candidates) == self.node_id:
-                return
-            if time.monotonic() - last_log >= WAIT_LOG_INTERVAL_S:
-                last_log = time.monotonic()
-                log.warning("waiting %.0fs for our turn to join: %s", last_log - started,
-                            ", ".join(busy) or f"candidates {sorted(c for c, _ in candidates)}")
-
-    def _topology_in_flight(self) -> tuple[list[str], list[tuple[NodeId, int]]]:
+    def topology_in_flight(self) -> tuple[list[str], list[tuple[NodeId, int]]]:
         """Changes other live members have in flight (described), and the live join candidates (with us)."""
         busy: list[str] = []
         candidates: list[tuple[NodeId, int]] = [(self.node_id, self.membership.local.generation)]
@@ -490,87 +380,21 @@ class ClusterNode:
                 candidates.append((node, state.generation))
         return busy, candidates
 
-    async def _bootstrap(self, tokens: list[int]) -> None:
-        """Join with data: announce our pending tokens (joining), wait until every live member places writes
-        on the future ring too, stream every range we gain from a current replica, verify each against its
-        source with Merkle trees, and only then (the caller) become normal."""
-        self.mode = "joining"
-        if not self.identity.joining:
-            await self._persist_identity(joining=True)
-        self.membership.update_local(tokens=tuple(tokens), status=Status.JOINING, replaces=self.config.replace_node)
-        self.gossiper.announce = True
-        self._rebuild_ring()
-        await self._await_agreement(10 * self.config.gossip_interval_s + 5.0)
-        current, future = self.coordinator.ring, self.coordinator.future
-        if future is None:
-            log.warning("no future ring while joining (our pending tokens clash?); joining without streaming")
-            return
-        moves = topology.gains_of(topology.movements(current, future, self.config.replication_factor),
-                                  self.node_id)
-        self.join_progress = [RangeProgress(m.lo, m.hi, NodeId("")) for m in moves]
-        log.info("joining: streaming %d ranges from %d sources", len(moves),
-                 len({s for m in moves for s in m.sources}))
-        assert self.antientropy is not None
-        for move, progress in zip(moves, self.join_progress, strict=True):
-            await self.receive_range(progress, move.sources)
-        self.streamer.stats.ranges_streamed += len(moves)
-        log.info("joining: streamed and verified %d ranges (%d keys, %d bytes)", len(moves),
-                 sum(p.keys for p in self.join_progress), sum(p.bytes for p in self.join_progress))
-
-    async def receive_range(self, progress: RangeProgress, sources: tuple[NodeId, ...],
-                            attempts: int | None = None) -> None:
-        """Stream `progress`'s range here from one of `sources` (the healthiest first) and verify it with that
-        source; another source when one fails; every source failing, again after a gossip interval (at most
-        `attempts` rounds; None: until it works). Raises the last error when the attempts run out."""
-        assert self.antientropy is not None
-        rounds = 0
-        while True:
-            candidates = self.coordinator.healthy_first([s for s in sources if s != self.node_id])
-            for source in candidates:
-                progress.source, progress.keys, progress.bytes = source, 0, 0
-                try:
-                    await self.streamer.receive(progress)
-                    progress.state = "verifying"
-                    result = await self.antientropy.verify_range(progress.lo, progress.hi, source)
-                    progress.verify_repaired = result.keys_repaired
-                    progress.state, progress.finished = "done", time.monotonic()
-                    return
-                except (RingkvError, OSError) as e:
-                    progress.state, progress.error = "failed", str(e)
-                    log.warning("streaming range %s:%s from %s failed: %s; trying another source",
-                                progress.lo, progress.hi, source, e)
-            rounds += 1
-            if attempts is not None and rounds >= attempts:
-                raise RingkvError(f"no source could stream range {progress.lo}:{progress.hi}: "
-                                  f"{progress.error or 'none is up'}")
-            await asyncio.sleep(self.config.gossip_interval_s)  # every source failed: wait, retry
-
-    async def handle_stream_pull(self, body: Any, peer: str) -> Any:
-        """Internode (removenode): stream a range here from the given sources and verify it."""
-        if not isinstance(body, dict) or not isinstance(body.get("sources"), list):
-            raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
-        lo, hi = body.get("lo"), body.get("hi")
-        if type(lo) is not int or type(hi) is not int or not all(isinstance(x, str) for x in body["sources"]):
-            raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
-        progress = RangeProgress(lo, hi, NodeId(""))
-        self.join_progress.append(progress)
-        await self.receive_range(progress, tuple(NodeId(x) for x in body["sources"]), attempts=3)
-        self.streamer.stats.ranges_streamed += 1
-        return {"keys": progress.keys, "bytes": progress.bytes, "verify_repaired": progress.verify_repaired}
-
-    async def _await_agreement(self, limit_s: float) -> None:
+    async def await_agreement(self, limit_s: float | None = None) -> None:
         """Until every live member gossips the same view (ring and future ring) as ours, or `limit_s`. A member
         of the ring not heard since we started counts as disagreeing for `UNHEARD_ROUNDS` gossip rounds
         (`topology.views_agree`)."""
+        if limit_s is None:
+            limit_s = 10 * self.config.gossip_interval_s + 5.0
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            if self._agreed():
+            if self.agreed():
                 return
             self.gossiper.heard.clear()
-            await self._wait_heard(self.config.gossip_interval_s)
+            await self.wait_heard(self.config.gossip_interval_s)
         log.warning("not every member showed our view of the ring within %.0fs; streaming anyway", limit_s)
 
-    def _agreed(self) -> bool:
+    def agreed(self) -> bool:
         peers = (topology.PeerView(s.status in (Status.NORMAL, Status.LEAVING), self.gossiper.heard_from(n),
                                    self.gossiper.is_up(n), s.ring)
                  for n, s in self.membership.members.items() if n != self.node_id)
@@ -587,11 +411,11 @@ class ClusterNode:
         if seeds[0] in me:
             # The founder (first seed) founds the ring unless another seed already holds one: a founder
             # whose data directory was wiped must rejoin (and take its tokens back), not found a second ring.
-            await self._wait_heard(3 * self.config.gossip_interval_s)
+            await self.wait_heard(3 * self.config.gossip_interval_s)
             return
         started = time.monotonic()
         while not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
-            await self._wait_heard(WAIT_LOG_INTERVAL_S)
+            await self.wait_heard(WAIT_LOG_INTERVAL_S)
             if not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
                 log.warning("no seed has answered with a ring for %.0fs (seeds %s); still waiting before "
                             "allocating tokens", time.monotonic() - started, self.config.seeds)
@@ -602,9 +426,9 @@ class ClusterNode:
         deadline = time.monotonic() + 5 * self.config.gossip_interval_s
         while time.monotonic() < deadline and not set(self.gossiper.seeds) <= self.gossiper.answered:
             self.gossiper.heard.clear()  # set again by the next exchange absorbed
-            await self._wait_heard(max(0.0, deadline - time.monotonic()))
+            await self.wait_heard(max(0.0, deadline - time.monotonic()))
 
-    async def _wait_heard(self, timeout_s: float) -> bool:
+    async def wait_heard(self, timeout_s: float) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
                 await self.gossiper.heard.wait()
@@ -621,7 +445,7 @@ class ClusterNode:
         while True:
             step = WAIT_LOG_INTERVAL_S if limit is None else max(0.0, min(WAIT_LOG_INTERVAL_S,
                                                                           started + limit - time.monotonic()))
-            if await self._wait_heard(step):
+            if await self.wait_heard(step):
                 return
             waited = time.monotonic() - started
             if limit is not None and waited >= limit:

@@ -8,7 +8,7 @@ taken out of the ring. Run by any live node R (`POST /admin/v1/removenode {"node
    pending replicas (W + P acknowledgements; X itself answers nothing, so its share goes to hints).
 3. Once every live member shows that view, for each movement (`topology.movements`: a piece gained by G)
    R asks G to pull it (`stream_pull`): G streams it from a live current replica other than X and verifies
-   it with that replica by a Merkle exchange (`ClusterNode.receive_range`). When G is R itself, R does so.
+   it with that replica by a Merkle exchange (`join.receive_range`). When G is R itself, R does so.
 4. R announces X `left` with no tokens: X leaves every ring; hints held for X go to the key's replicas.
 
 A node that died while joining (joining, with pending tokens) is removed at once: it owned nothing, so
@@ -27,6 +27,7 @@ from ringkv.cluster import topology
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Status
 from ringkv.errors import RingkvError
+from ringkv.net import join
 from ringkv.net.decommission import ChangeInProgressError
 from ringkv.net.operations import Operation
 from ringkv.net.streaming import RangeProgress
@@ -48,7 +49,7 @@ def check(node: ClusterNode, target: NodeId) -> None:
         raise ChangeInProgressError(f"{target} is up: decommission it, or stop it before removing it")
     if node.mode != "normal":
         raise ChangeInProgressError(f"{node.node_id} is {node.mode}, not normal")
-    busy, _ = node._topology_in_flight()
+    busy, _ = node.topology_in_flight()
     if busy:
         raise ChangeInProgressError(f"another topology change is in flight: {', '.join(busy)}")
 
@@ -65,14 +66,14 @@ async def run(node: ClusterNode, target: NodeId, op: Operation) -> None:
         # and writes for its future ranges reached the current replicas too).
         op.progress.update(phase="left", ranges_total=0, ranges_done=0, keys=0, bytes=0, verify_repaired=0)
         node.membership.speak_for(target, status=Status.LEFT, tokens=())
-        node._rebuild_ring()
-        await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)
+        node.rebuild_ring()
+        await node.await_agreement()
         log.warning("removed %s, which died while joining: its join is cancelled", target)
         return
     op.progress.update(phase="leaving", ranges_total=0, ranges_done=0, keys=0, bytes=0, verify_repaired=0)
     node.membership.speak_for(target, status=Status.LEAVING)
-    node._rebuild_ring()
-    await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)
+    node.rebuild_ring()
+    await node.await_agreement()
     current, future = node.coordinator.ring, node.coordinator.future
     if future is None:
         raise RingkvError(f"no future ring while removing {target}")
@@ -83,7 +84,7 @@ async def run(node: ClusterNode, target: NodeId, op: Operation) -> None:
         if move.gainer == node.node_id:
             progress = RangeProgress(move.lo, move.hi, NodeId(""))
             node.join_progress.append(progress)
-            await node.receive_range(progress, sources, attempts=3)
+            await join.receive_range(node, progress, sources, attempts=3)
             op.add(keys=progress.keys, bytes=progress.bytes, verify_repaired=progress.verify_repaired)
         else:
             reply = await node.coordinator.call(move.gainer, "stream_pull",
@@ -95,6 +96,6 @@ async def run(node: ClusterNode, target: NodeId, op: Operation) -> None:
         op.add(ranges_done=1)
     op.progress["phase"] = "left"
     node.membership.speak_for(target, status=Status.LEFT, tokens=())
-    node._rebuild_ring()
-    await node._await_agreement(10 * cfg.gossip_interval_s + 5.0)
+    node.rebuild_ring()
+    await node.await_agreement()
     log.warning("removed %s from the ring (%d ranges re-replicated)", target, len(moves))
