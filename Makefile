@@ -23,3 +23,6 @@ clean:
 .PHONY: antientropy-bench
 antientropy-bench:  ## anti-entropy repair of 1% stale keys (100k x 1 KB, 3 nodes) next to a naive full comparison, and its CPU cost; KEYS=, CPU_WINDOW= override
 	bash tools/bootstrap && .venv/bin/python bench/antientropy.py --keys $(or $(KEYS),100000) --cpu-window $(or $(CPU_WINDOW),60)
+.PHONY: streaming-bench
+streaming-bench:  ## a 4th node joins a 3-node cluster loaded with 200 MiB, stream throttle off and on: join time, MiB/s, client p50/p99 before and during; MB=, THROTTLE_MB_S=, RATE= override
+	bash tools/bootstrap && .venv/bin/python bench/streaming.py --mb $(or $(MB),200) --throttle-mb-s $(or $(THROTTLE_MB_S),32) --rate $(or $(RATE),300)

@@ -32,28 +32,19 @@ rate); every HTTP call has a timeout and goes to 127.0.0.1.
 
 from __future__ import annotations
 
-import ast
-import asyncio
-import json
-import os
 import random
 import signal
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from ringkv.local import LocalNode
 from tests.integration.cluster_helpers import (
-    HTTP_TIMEOUT_S,
     admin,
     hints,
     http_json,
@@ -62,11 +53,25 @@ from tests.integration.cluster_helpers import (
     sees,
     wait_until,
 )
+from tests.integration.topology_helpers import (
+    KeyLog,
+    Load,
+    exit_code,
+    final_progress,
+    local_values,
+    log_lines,
+    post_json,
+    preferences,
+    put_all,
+    read_all,
+    ring_of,
+    ring_summary,
+    rings_settled,
+    value,
+)
 
 pytestmark = pytest.mark.slow
 
-REQUEST_TIMEOUT_S = 5.0  # every aiohttp call of this module, connect included
-CONCURRENCY = 32  # batch calls in flight at once
 # So anti-entropy does not mask a decommission bug: no background exchanges at all. `--aae-interval-s 3600`
 # alone is not enough: after every ring change the new (range, peer) pairs are due within 5 s
 # (`cluster/aae.py`, `Schedule.first_delay_s`), so the remaining replicas would repair among themselves, soon
@@ -78,142 +83,7 @@ SETTLED_TIMEOUT_S = 30.0  # the leaver gone to every remaining ring without it, 
 LEFT_LOG = "has left the ring"
 
 
-# -- HTTP ------------------------------------------------------------------------------------------------------
-
-
-def post_json(url: str, body: Any = None) -> tuple[int, Any]:
-    """POST JSON to `url` (127.0.0.1 only); (status, parsed body). Status 0 if the node cannot be reached."""
-    assert url.startswith("http://127.0.0.1:"), url
-    request = urllib.request.Request(url, data=json.dumps(body if body is not None else {}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-    except (urllib.error.URLError, OSError):
-        return 0, None
-
-
-def _timeout() -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=REQUEST_TIMEOUT_S)
-
-
-async def _request(session: aiohttp.ClientSession, method: str, url: str, params: dict[str, str] | None,
-                   body: Any) -> tuple[int, Any]:
-    assert url.startswith("http://127.0.0.1:"), url
-    async with session.request(method, url, params=params, json=body) as response:
-        raw = await response.read()
-        try:
-            return response.status, (json.loads(raw) if raw else None)
-        except ValueError:
-            return response.status, None
-
-
-def _batch(calls: Sequence[tuple[str, str, dict[str, str] | None, Any]]) -> list[tuple[int, Any]]:
-    """Every (method, url, params, body), CONCURRENCY at a time; (status, body) each, in order (status -1: no
-    answer: refused or timed out)."""
-    async def go() -> list[tuple[int, Any]]:
-        semaphore = asyncio.Semaphore(CONCURRENCY)
-        async with aiohttp.ClientSession(timeout=_timeout()) as session:
-            async def one(method: str, url: str, params: dict[str, str] | None, body: Any) -> tuple[int, Any]:
-                async with semaphore:
-                    try:
-                        return await _request(session, method, url, params, body)
-                    except (aiohttp.ClientError, TimeoutError) as e:
-                        return -1, repr(e)
-            return list(await asyncio.gather(*(one(*c) for c in calls)))
-    return asyncio.run(go())
-
-
-def put_all(writes: Sequence[tuple[LocalNode, str, Any]], w: int = 2) -> list[tuple[int, Any]]:
-    """Put every (node, key, value) with no context (new keys)."""
-    return _batch([("POST", node.url + "/api/v1/put", {"w": str(w)}, {"key": key, "value": value})
-                   for node, key, value in writes])
-
-
-def read_all(node: LocalNode, keys: Sequence[str], r: int) -> dict[str, tuple[int, list[Any]]]:
-    """Each key read through `node` at R=r: (status, values: the one, the siblings, or none)."""
-    answers = _batch([("GET", node.url + "/api/v1/getValue", {"key": k, "r": str(r)}, None) for k in keys])
-    out = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        values: list[Any] = []
-        if status == 200:
-            values = [body["value"]]
-        elif status == 300:
-            values = list(body["siblings"])
-        out[key] = (status, values)
-    return out
-
-
-def preferences(node: LocalNode, keys: Sequence[str]) -> dict[str, list[str]]:
-    """Each key's preference list as `node` sees it (`/admin/v1/ring?key=`)."""
-    answers = _batch([("GET", node.url + "/admin/v1/ring", {"key": k}, None) for k in keys])
-    out = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        assert status == 200, f"{node.node_id} /admin/v1/ring?key={key}: {status} {body}"
-        out[key] = list(body["key"]["preference_list"])
-    return out
-
-
-def local_values(node: LocalNode, keys: Sequence[str]) -> dict[str, list[Any]]:
-    """The live values `node`'s own storage holds for each key (`/admin/v1/local`); [] for none."""
-    answers = _batch([("GET", node.url + "/admin/v1/local", {"key": k}, None) for k in keys])
-    out: dict[str, list[Any]] = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        if status == 404:
-            out[key] = []
-            continue
-        assert status == 200, f"{node.node_id} /admin/v1/local?key={key}: {status} {body}"
-        out[key] = [v["value"] for v in body["versions"] if not v["deleted"]]
-    return out
-
-
-# -- processes and rings ---------------------------------------------------------------------------------------
-
-
-def exit_code(node: LocalNode) -> int | None:
-    """The exit code of `node`'s process once it has exited (reaped here), else None. Our child: started by
-    `LocalCluster.start` with Popen, so a zombie until someone waits for it."""
-    try:
-        pid, status = os.waitpid(node.pid, os.WNOHANG)
-    except ChildProcessError:  # reaped already (by someone else): gone, its code unknown
-        return -999
-    if pid == 0:
-        return None
-    return os.waitstatus_to_exitcode(status)
-
-
-def ring_of(node: LocalNode) -> dict[str, Any] | None:
-    status, body = http_json(node.url + "/admin/v1/ring")
-    return body if status == 200 else None
-
-
-def rings_settled(nodes: Sequence[LocalNode]) -> bool:
-    """Every node in `nodes` places keys on a ring of exactly these nodes, with nothing in flight, every live
-    member's view agreeing, and one digest."""
-    expected = {n.node_id for n in nodes}
-    docs = [ring_of(n) for n in nodes]
-    return all(d is not None and {x["node_id"] for x in d["nodes"]} == expected and d["agreed"]
-               and not d["joining"] and d["view"] == d["digest"] and set(d["views"]) == expected
-               for d in docs) and len({d["digest"] for d in docs if d is not None}) == 1
-
-
-def ring_summary(nodes: Sequence[LocalNode]) -> dict[str, Any]:
-    out = {}
-    for n in nodes:
-        d = ring_of(n)
-        out[n.node_id] = None if d is None else {"nodes": [x["node_id"] for x in d["nodes"]], "agreed": d["agreed"],
-                                                  "digest": d["digest"], "view": d["view"], "views": d["views"]}
-    return out
-
-
-def log_lines(node: LocalNode, *needles: str) -> list[str]:
-    try:
-        with open(node.log_path, errors="replace") as f:
-            return [line.rstrip() for line in f if any(n in line for n in needles)]
-    except FileNotFoundError:
-        return []
+# -- decommissions ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -289,14 +159,6 @@ def watch_decommission(leaver: LocalNode, op: dict[str, Any], staying: Sequence[
                         final_progress(leaver, op["id"]))
 
 
-def final_progress(node: LocalNode, op_id: str) -> dict[str, Any] | None:
-    """The progress `node` logged when operation `op_id` ended well (`operations.py`: `operation <id> done: `)."""
-    marker = f"operation {op_id} done: "
-    for line in log_lines(node, marker):
-        return dict(ast.literal_eval(line.split(marker, 1)[1]))
-    return None
-
-
 def assert_handed_over(d: Decommission, leaver_log: Sequence[str]) -> None:
     """What the operation reported: while it ran (the API), its ranges to hand over and their progress, never
     going back; when it ended (the leaver's log), every range done and keys pushed. And the node said it left
@@ -318,122 +180,6 @@ def assert_handed_over(d: Decommission, leaver_log: Sequence[str]) -> None:
             assert p == final, (p, final)
     assert any(LEFT_LOG in line for line in leaver_log), f"{d.node_id} never logged {LEFT_LOG!r}"
     assert d.exit_code == 0, f"{d.node_id} exited with {d.exit_code}: {[x for x in leaver_log if 'ERROR' in x][-5:]}"
-
-
-# -- the load --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KeyLog:
-    """One key's writes, from its only writer: the last acknowledged sequence number (-1: none) and context,
-    and the attempts after it whose outcome is unknown (a 503 or no answer: applied or not)."""
-    acked: int = -1
-    context: str | None = None
-    unknown: set[int] = field(default_factory=set)
-
-    def acceptable(self, seq: int) -> bool:
-        return seq == self.acked or seq in self.unknown
-
-    @property
-    def retired(self) -> bool:  # no more writes: a later one with the old context could make a sibling
-        return bool(self.unknown)
-
-
-def value(key: str, seq: int) -> dict[str, Any]:
-    return {"key": key, "seq": seq, "pad": "v" * 64}
-
-
-class Load:
-    """W=2 writes (new keys and overwrites with the last context) and R=2 reads of acknowledged keys, through
-    `via` (the nodes that stay), from `writers` asyncio tasks on a thread of its own. Every key is written by
-    one writer, one write at a time, so what it should read is known exactly."""
-
-    def __init__(self, via: Sequence[LocalNode], writers: int = 4, pace_s: float = 0.01) -> None:
-        self.via = list(via)
-        self.writers = writers
-        self.pace_s = pace_s
-        self.keys: dict[str, KeyLog] = {}
-        self.counts: Counter[str] = Counter()
-        self.not_found: list[tuple[str, str, float]] = []  # (key, through, monotonic time)
-        self.stale: list[tuple[str, str, int, list[Any]]] = []  # (key, through, acked seq, values read)
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="load", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        assert not self._thread.is_alive(), "the load did not stop"
-
-    def acknowledged(self) -> dict[str, KeyLog]:
-        return {k: s for k, s in self.keys.items() if s.acked >= 0}
-
-    def summary(self) -> str:
-        return (f"{dict(self.counts)}; {len(self.acknowledged())} keys acknowledged; not found: "
-                f"{len(self.not_found)}; stale: {len(self.stale)}; errors: {len(self.errors)}")
-
-    async def _main(self) -> None:
-        async with aiohttp.ClientSession(timeout=_timeout()) as session:
-            await asyncio.gather(*(self._writer(session, i) for i in range(self.writers)))
-
-    async def _writer(self, session: aiohttp.ClientSession, index: int) -> None:
-        rng = random.Random(index)
-        mine: list[str] = []
-        fresh = 0
-        while not self._stop.is_set():
-            writable = [k for k in mine if not self.keys[k].retired]
-            if writable and rng.random() < 0.4:
-                key = rng.choice(writable)
-            else:
-                key, fresh = f"load-{index}-{fresh:06d}", fresh + 1
-                self.keys[key] = KeyLog()
-                mine.append(key)
-            await self._write(session, rng.choice(self.via), key)
-            acked = [k for k in mine if self.keys[k].acked >= 0]
-            if acked:
-                await self._read(session, rng.choice(self.via), rng.choice(acked))
-            await asyncio.sleep(self.pace_s)
-
-    async def _write(self, session: aiohttp.ClientSession, node: LocalNode, key: str) -> None:
-        log = self.keys[key]
-        seq = log.acked + 1
-        body: dict[str, Any] = {"key": key, "value": value(key, seq)}
-        if log.context is not None:
-            body["context"] = log.context
-        try:
-            status, doc = await _request(session, "POST", node.url + "/api/v1/put", {"w": "2"}, body)
-        except (aiohttp.ClientError, TimeoutError):
-            status, doc = -1, None
-        if status == 200:
-            log.acked, log.context = seq, doc["context"]
-            self.counts["writes ok"] += 1
-        elif status in (503, -1):
-            log.unknown.add(seq)
-            self.counts[f"writes {status}"] += 1
-        else:
-            log.unknown.add(seq)
-            self.counts[f"writes {status}"] += 1
-            self.errors.append(f"put {key} via {node.node_id}: {status} {doc}")
-
-    async def _read(self, session: aiohttp.ClientSession, node: LocalNode, key: str) -> None:
-        log = self.keys[key]
-        try:
-            status, doc = await _request(session, "GET", node.url + "/api/v1/getValue", {"key": key, "r": "2"},
-                                         None)
-        except (aiohttp.ClientError, TimeoutError):
-            status, doc = -1, None
-        self.counts[f"reads {status}"] += 1
-        if status == 404:
-            self.not_found.append((key, node.node_id, time.monotonic()))
-        elif status in (200, 300):
-            values = [doc["value"]] if status == 200 else list(doc["siblings"])
-            if not any(v["seq"] >= log.acked for v in values):
-                self.stale.append((key, node.node_id, log.acked, values))
-        elif status not in (503, -1):
-            self.errors.append(f"get {key} via {node.node_id}: {status} {doc}")
 
 
 # -- 1. five to three under load ---------------------------------------------------------------------------------

@@ -29,39 +29,45 @@ call has a timeout and goes to 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
-import datetime
 import glob
-import itertools
-import json
 import os
-import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from ringkv import local
 from ringkv.local import LocalCluster, LocalNode
 from tests.integration.cluster_helpers import (
     admin,
     http_json,
-    pick_base_port,
     running_cluster,
     sees,
     wait_until,
 )
+from tests.integration.topology_helpers import (
+    REQUEST_TIMEOUT_S,
+    Load,
+    add_nodes,
+    alive,
+    identity_file,
+    local_values,
+    missing_on,
+    preferences,
+    preload,
+    put_all,
+    read_all,
+    ring_holds,
+    ring_summary,
+    timed_log_lines,
+)
 
 pytestmark = pytest.mark.slow
 
-REQUEST_TIMEOUT_S = 5.0  # every HTTP call of this module, connect included
-CONCURRENCY = 32  # preload writes and check reads in flight at once
 AAE_OFF = ["--aae-interval-s", "3600"]  # no background exchange during the test: it would mask a missed range
 JOIN_TIMEOUT_S = 90.0  # start to normal (3 gossip rounds, the turn, agreement (<= 10 s here), the stream)
 SETTLED_TIMEOUT_S = 30.0  # normal on the joiner to every node's ring holding it, agreed
@@ -76,139 +82,7 @@ NODE_RESUMING = "resuming the join of"
 NODE_STREAMING_ANYWAY = "streaming anyway"
 
 
-# -- HTTP (aiohttp; each batch helper is one asyncio.run: the tests themselves are synchronous) ---------------
-
-
-def _timeout() -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=REQUEST_TIMEOUT_S)
-
-
-async def _request(session: aiohttp.ClientSession, method: str, url: str, params: dict[str, str] | None = None,
-                   body: Any = None) -> tuple[int, Any]:
-    """One HTTP call (127.0.0.1 only): (status, parsed JSON body or None)."""
-    assert url.startswith("http://127.0.0.1:"), url
-    async with session.request(method, url, params=params, json=body) as response:
-        raw = await response.read()
-        try:
-            doc = json.loads(raw) if raw else None
-        except ValueError:
-            doc = None
-        return response.status, doc
-
-
-def _batch(calls: Sequence[tuple[str, str, dict[str, str] | None, Any]]) -> list[tuple[int, Any]]:
-    """Every (method, url, params, body), CONCURRENCY at a time; (status, body) each, in order. Status -1 when
-    the call failed without an answer (timeout, refused)."""
-    async def go() -> list[tuple[int, Any]]:
-        semaphore = asyncio.Semaphore(CONCURRENCY)
-        async with aiohttp.ClientSession(timeout=_timeout()) as session:
-            async def one(method: str, url: str, params: dict[str, str] | None, body: Any) -> tuple[int, Any]:
-                async with semaphore:
-                    try:
-                        return await _request(session, method, url, params, body)
-                    except (aiohttp.ClientError, TimeoutError) as e:
-                        return -1, repr(e)
-            return list(await asyncio.gather(*(one(*c) for c in calls)))
-    return asyncio.run(go())
-
-
-def put_all(writes: Sequence[tuple[LocalNode, str, Any, str | None]], w: int = 2) -> list[tuple[int, Any]]:
-    """Put every (node, key, value, context); (status, body) each."""
-    calls = []
-    for node, key, value, context in writes:
-        body: dict[str, Any] = {"key": key, "value": value}
-        if context is not None:
-            body["context"] = context
-        calls.append(("POST", node.url + "/api/v1/put", {"w": str(w)}, body))
-    return _batch(calls)
-
-
-def read_all(node: LocalNode, keys: Sequence[str], r: int) -> dict[str, tuple[int, list[Any]]]:
-    """Each key read through `node` at R=r: (status, live values: one, the siblings, or none)."""
-    answers = _batch([("GET", node.url + "/api/v1/getValue", {"key": k, "r": str(r)}, None) for k in keys])
-    out = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        values: list[Any] = []
-        if status == 200:
-            values = [body["value"]]
-        elif status == 300:
-            values = list(body["siblings"])
-        out[key] = (status, values)
-    return out
-
-
-def preferences(node: LocalNode, keys: Sequence[str]) -> dict[str, list[str]]:
-    """Each key's preference list as `node` sees it (`/admin/v1/ring?key=`)."""
-    answers = _batch([("GET", node.url + "/admin/v1/ring", {"key": k}, None) for k in keys])
-    out = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        assert status == 200, f"{node.node_id} /admin/v1/ring?key={key}: {status} {body}"
-        out[key] = list(body["key"]["preference_list"])
-    return out
-
-
-def local_values(node: LocalNode, keys: Sequence[str]) -> dict[str, list[Any]]:
-    """The live values `node`'s own storage holds for each key (`/admin/v1/local`: no quorum, no repair)."""
-    answers = _batch([("GET", node.url + "/admin/v1/local", {"key": k}, None) for k in keys])
-    out: dict[str, list[Any]] = {}
-    for key, (status, body) in zip(keys, answers, strict=True):
-        if status == 404:
-            out[key] = []
-            continue
-        assert status == 200, f"{node.node_id} /admin/v1/local?key={key}: {status} {body}"
-        out[key] = [v["value"] for v in body["versions"] if not v["deleted"]]
-    return out
-
-
 # -- joiners ----------------------------------------------------------------------------------------------------
-
-
-def add_joiners(cluster: LocalCluster, node_ids: Sequence[str]) -> list[LocalNode]:
-    """New nodes with no tokens (so they join, streaming), on free ports outside the cluster's, appended to
-    `cluster.nodes` (so the cluster's seeds and extra args reach them and leaving the `with` block kills them).
-    Not started."""
-    taken = {p for n in cluster.nodes for p in (n.http_port, n.peer_port)}
-    for _ in range(50):
-        base = pick_base_port(len(node_ids))
-        ports = {p for i in range(len(node_ids)) for p in (base + i, base + local.PEER_PORT_OFFSET + i)}
-        if not ports & taken:
-            break
-    else:
-        raise AssertionError("no free ports for the joiners outside the cluster's")
-    out = []
-    for i, node_id in enumerate(node_ids):
-        node = LocalNode(node_id=node_id, http_port=base + i, peer_port=base + local.PEER_PORT_OFFSET + i,
-                         data_dir=os.path.join(cluster.data_dir, node_id), tokens=[])
-        cluster.nodes.append(node)
-        out.append(node)
-    return out
-
-
-def alive(node: LocalNode) -> bool:
-    return local._alive(node.pid)  # same notion of "running" as LocalCluster's own waits
-
-
-def log_lines(node: LocalNode, needle: str) -> list[tuple[datetime.datetime, str]]:
-    """The lines of `node`'s log (all its runs) that contain `needle`, with their timestamps."""
-    try:
-        with open(node.log_path, errors="replace") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        if needle in line:
-            try:
-                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            except ValueError:
-                continue  # the "ready on" line printed without a timestamp
-            out.append((stamp, line.rstrip()))
-    return out
-
-
-def identity_file(node: LocalNode) -> dict[str, Any]:
-    with open(os.path.join(node.data_dir, "node.json")) as f:
-        return dict(json.load(f))
 
 
 def wal_bytes(node: LocalNode) -> int:
@@ -247,30 +121,6 @@ class Join:
                 f"{len(self.observed)} of {self.polls} polls; modes seen {dict(self.modes)}")
 
 
-def ring_holds(cluster: LocalCluster, node_id: str) -> dict[str, Any] | None:
-    """Every live node's /admin/v1/ring (by node) if each has `node_id` in its ring, agrees, and has no join in
-    flight; else None."""
-    rings = {}
-    for n in cluster.nodes:
-        if not alive(n):
-            continue
-        status, body = http_json(n.url + "/admin/v1/ring")
-        if status != 200 or not body["agreed"] or body["joining"] \
-                or node_id not in {m["node_id"] for m in body["nodes"]}:
-            return None
-        rings[n.node_id] = body
-    return rings
-
-
-def ring_summary(cluster: LocalCluster) -> dict[str, Any]:
-    out = {}
-    for n in cluster.nodes:
-        status, body = http_json(n.url + "/admin/v1/ring")
-        out[n.node_id] = (status, None if body is None else {
-            k: body.get(k) for k in ("digest", "agreed", "joining", "views", "conflicts")})
-    return out
-
-
 def poll_join(join: Join) -> bool:
     """One poll of the joiner's /ready, then its /admin/v1/node; True once it is normal and ready. A /ready 200
     followed by a mode other than normal is recorded as too early (a mode never goes back from normal, so the
@@ -304,9 +154,9 @@ def watch_joins(cluster: LocalCluster, joins: Sequence[Join], timeout_s: float =
 
     names = ", ".join(j.node.node_id for j in joins)
     wait_until(all_normal, timeout_s, f"{names} normal and ready", poll_s=POLL_S,
-               observe=lambda: [(j.node.node_id, j.modes, log_lines(j.node, "ringkv.node")[-2:]) for j in joins])
+               observe=lambda: [(j.node.node_id, j.modes, timed_log_lines(j.node, "ringkv.node")[-2:]) for j in joins])
     wait_until(lambda: all(ring_holds(cluster, j.node.node_id) for j in joins), SETTLED_TIMEOUT_S,
-               f"every node's ring holds {names}, agreed", observe=lambda: ring_summary(cluster))
+               f"every node's ring holds {names}, agreed", observe=lambda: ring_summary(cluster.nodes))
 
 
 def watch_join(cluster: LocalCluster, join: Join) -> Join:
@@ -328,7 +178,7 @@ def assert_streamed_before_ready(join: Join) -> None:
     assert all(r["state"] == "done" for r in join.streaming), f"{name} ranges not all done: {join.streaming}"
     assert join.keys > 0, f"{name} streamed no keys: {join.streaming}"
     assert not join.ready_too_early, f"{name}'s /ready answered before it was normal: {join.ready_too_early}"
-    streamed, joined = log_lines(join.node, NODE_STREAMED), log_lines(join.node, NODE_JOINED)
+    streamed, joined = timed_log_lines(join.node, NODE_STREAMED), timed_log_lines(join.node, NODE_JOINED)
     assert streamed and joined and streamed[-1][0] <= joined[-1][0], \
         f"{name}'s log does not show the stream finishing before it joined: {streamed} {joined}"
 
@@ -343,118 +193,11 @@ PACE_S = 0.01  # each worker's pause between requests (sets the load's rate, ~60
 MIN_LOAD_WRITES = 2000
 
 
-@dataclass
-class KeyLog:
-    """One key, written by one writer only, sequentially (each put carries the last acknowledged context, so
-    nothing the test itself did concurrently can leave siblings, except a put that failed but was applied)."""
-
-    acked: int = -1  # seq of the last acknowledged value (-1: none yet)
-    context: str | None = None
-    unacked: set[int] = field(default_factory=set)  # seqs of puts that were not acknowledged (maybe applied)
-
-    def acceptable(self, seq: int) -> bool:
-        """A live value this key may show: the last acknowledged one, or any put that was not acknowledged."""
-        return seq == self.acked or seq in self.unacked
-
-    def current(self, seqs: Iterable[int]) -> bool:
-        """Whether these values still show the last acknowledged write (or a later put that superseded it)."""
-        return any(s == self.acked or (s in self.unacked and s > self.acked) for s in seqs)
-
-
-@dataclass
-class Load:
-    """W=2 puts and R=2 reads of acknowledged keys, through random nodes of `targets`, in a thread of its own."""
-
-    targets: list[LocalNode]
-    keys: dict[str, KeyLog] = field(default_factory=dict)
-    owned: list[list[str]] = field(default_factory=lambda: [[] for _ in range(WRITERS)])  # acked, per writer
-    readable: list[str] = field(default_factory=list)  # keys with an acknowledged value
-    outcomes: Counter[str] = field(default_factory=Counter)
-    not_found: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-    _seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:  # reported by the test thread
-            self.error = e
-
-    async def _main(self) -> None:
-        async with aiohttp.ClientSession(timeout=_timeout(), connector=aiohttp.TCPConnector(limit=0)) as session:
-            await asyncio.gather(*(self._writer(session, i) for i in range(WRITERS)),
-                                 *(self._reader(session, i) for i in range(READERS)))
-
-    async def _writer(self, session: aiohttp.ClientSession, w: int) -> None:
-        rng = random.Random(w)
-        fresh = 0
-        while not self.stop.is_set():
-            mine = self.owned[w]
-            if not mine or rng.random() < NEW_KEY_SHARE:
-                fresh += 1
-                key = f"new-{w}-{fresh}"
-                self.keys[key] = KeyLog()
-            else:
-                key = rng.choice(mine)
-            state = self.keys[key]
-            seq = next(self._seq)
-            via = rng.choice(self.targets)
-            body: dict[str, Any] = {"key": key, "value": {"key": key, "seq": seq}}
-            if state.context is not None:
-                body["context"] = state.context
-            try:
-                status, doc = await _request(session, "POST", via.url + "/api/v1/put", {"w": "2"}, body)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                status, doc = -1, repr(e)
-            self.outcomes[f"put {status}"] += 1
-            if status == 200:
-                first = state.acked < 0
-                state.acked, state.context = seq, doc["context"]
-                if first:
-                    mine.append(key)
-                    self.readable.append(key)
-            else:
-                state.unacked.add(seq)
-            await asyncio.sleep(PACE_S)
-
-    async def _reader(self, session: aiohttp.ClientSession, r: int) -> None:
-        rng = random.Random(1000 + r)
-        while not self.stop.is_set():
-            if self.readable:
-                key = rng.choice(self.readable)  # acknowledged before this read is sent
-                via = rng.choice(self.targets)
-                try:
-                    status, _ = await _request(session, "GET", via.url + "/api/v1/getValue",
-                                               {"key": key, "r": "2"})
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    status = -1
-                    self.outcomes[f"get {type(e).__name__}"] += 1
-                self.outcomes[f"get {status}"] += 1
-                if status == 404:
-                    self.not_found.append(f"{key} via {via.node_id} at seq {self.keys[key].acked}")
-            await asyncio.sleep(PACE_S)
-
-
-def preload(load: Load, nodes: Sequence[LocalNode], count: int) -> None:
-    """`count` keys written (W=2) through `nodes` in turn, owned by the writers in turn; all must be acked."""
-    keys = [f"pre-{i}" for i in range(count)]
-    seqs = [next(load._seq) for _ in keys]
-    answers = put_all([(nodes[i % len(nodes)], k, {"key": k, "seq": s}, None)
-                       for i, (k, s) in enumerate(zip(keys, seqs, strict=True))])
-    for i, (key, seq, (status, body)) in enumerate(zip(keys, seqs, answers, strict=True)):
-        assert status == 200, f"preload put {key}: {status} {body}"
-        load.keys[key] = KeyLog(acked=seq, context=body["context"])
-        load.owned[i % WRITERS].append(key)
-        load.readable.append(key)
-
-
-def missing_on(node: LocalNode, keys: dict[str, KeyLog], prefs: dict[str, list[str]]) -> list[str]:
-    """Keys `node` replicates (by `prefs`) whose last acknowledged write its own storage does not show."""
-    mine = [k for k, p in prefs.items() if node.node_id in p]
-    held = local_values(node, mine)
-    return [f"{k} (seq {keys[k].acked}, holds {[v['seq'] for v in held[k]]})" for k in mine
-            if not keys[k].current(v["seq"] for v in held[k])]
+def join_load(targets: Sequence[LocalNode]) -> Load:
+    """W=2 puts (new keys, and overwrites with the last context, going on after an unknown outcome: siblings
+    are allowed for) by WRITERS, and R=2 reads of any acknowledged key by READERS, through random targets."""
+    return Load(targets, WRITERS, PACE_S, readers=READERS, read_after_write=False,
+                overwrite_share=1 - NEW_KEY_SHARE, retire_unknown=False, pad=0, prefix="new")
 
 
 def test_joins_from_3_to_5_lose_nothing_under_load(tmp_path: Path) -> None:
@@ -462,38 +205,34 @@ def test_joins_from_3_to_5_lose_nothing_under_load(tmp_path: Path) -> None:
     joiner holds everything it replicates, and everything acknowledged reads back at R=3."""
     with running_cluster(tmp_path, nodes=3, extra_args=AAE_OFF) as cluster:
         founders = list(cluster.nodes)
-        load = Load(list(founders))
+        load = join_load(founders)
         preload(load, founders, PRELOAD_KEYS)
-        n4, n5 = add_joiners(cluster, ["n4", "n5"])
+        n4, n5 = add_nodes(cluster, ["n4", "n5"])
 
-        thread = threading.Thread(target=load.run, name="join-load", daemon=True)
-        thread.start()
+        load.start()
         joins: list[Join] = []
         try:
-            wait_until(lambda: load.outcomes["put 200"] >= 100 and load.outcomes["get 200"] >= 100, 30.0,
-                       "the load is running", observe=lambda: load.outcomes)
+            wait_until(lambda: load.counts["writes ok"] >= 100 and load.counts["reads 200"] >= 100, 30.0,
+                       "the load is running", observe=load.summary)
             for joiner in (n4, n5):
-                assert load.error is None and thread.is_alive(), f"the load died: {load.error!r}"
+                assert load.running(), f"the load died: {load.error!r}"
                 joins.append(watch_join(cluster, start_join(cluster, joiner)))
-                load.targets.append(joiner)  # a normal member now: the load goes through it too
-                wanted = load.outcomes["put 200"] + 200
+                load.via.append(joiner)  # a normal member now: the load goes through it too
+                wanted = load.counts["writes ok"] + 200
 
                 def writing(wanted: int = wanted) -> bool:
-                    return load.outcomes["put 200"] >= wanted
+                    return load.counts["writes ok"] >= wanted
 
                 wait_until(writing, 30.0, f"writes are acknowledged after {joiner.node_id} joined",
-                           observe=lambda: load.outcomes)
+                           observe=load.summary)
         finally:
-            load.stop.set()
-            thread.join(timeout=REQUEST_TIMEOUT_S * 3)
-        assert not thread.is_alive(), "the load thread did not stop"
-        assert load.error is None, f"the load failed: {load.error!r}"
+            load.stop()  # asserts that the load's thread stopped, and did not fail
 
-        acked = {k: s for k, s in load.keys.items() if s.acked >= 0}
-        print(f"\nload: {dict(load.outcomes)}; {len(acked)} keys acknowledged")
+        acked = load.acknowledged()
+        print(f"\nload: {load.summary()}")
         for join in joins:
             print("join", join.summary())
-        assert load.outcomes["put 200"] >= MIN_LOAD_WRITES, f"too little load to mean much: {load.outcomes}"
+        assert load.counts["writes ok"] >= MIN_LOAD_WRITES, f"too little load to mean much: {load.summary()}"
         assert not load.not_found, (f"{len(load.not_found)} R=2 reads of acknowledged keys answered not found "
                                     f"during the joins, e.g. {load.not_found[:10]}")
         for join in joins:
@@ -535,7 +274,7 @@ def test_two_nodes_started_at_once_get_distinct_tokens_and_one_ring(tmp_path: Pa
         keys = [f"k-{i}" for i in range(300)]
         answers = put_all([(n1, k, {"k": k}, None) for k in keys])
         assert all(s == 200 for s, _ in answers), Counter(s for s, _ in answers)
-        n4, n5 = add_joiners(cluster, ["n4", "n5"])
+        n4, n5 = add_nodes(cluster, ["n4", "n5"])
         joins = [start_join(cluster, n4), start_join(cluster, n5)]
         watch_joins(cluster, joins, timeout_s=2 * JOIN_TIMEOUT_S)
         for join in joins:
@@ -556,10 +295,10 @@ def test_two_nodes_started_at_once_get_distinct_tokens_and_one_ring(tmp_path: Pa
             assert owned == tokens, f"{name}'s ring does not give n4 and n5 the tokens they took"
 
         # One after the other: the second allocated its tokens only once the first had joined.
-        allocated = {n.node_id: log_lines(n, NODE_ALLOCATED)[-1][0] for n in (n4, n5)}
-        joined = {n.node_id: log_lines(n, NODE_JOINED)[-1][0] for n in (n4, n5)}
+        allocated = {n.node_id: timed_log_lines(n, NODE_ALLOCATED)[-1][0] for n in (n4, n5)}
+        joined = {n.node_id: timed_log_lines(n, NODE_JOINED)[-1][0] for n in (n4, n5)}
         first, second = sorted(allocated, key=allocated.__getitem__)
-        waiting = {n.node_id: [line for _, line in log_lines(n, NODE_WAITING_TURN)] for n in (n4, n5)}
+        waiting = {n.node_id: [line for _, line in timed_log_lines(n, NODE_WAITING_TURN)] for n in (n4, n5)}
         print(f"{first} allocated at {allocated[first].time()}, joined at {joined[first].time()}; {second} "
               f"allocated at {allocated[second].time()}, joined at {joined[second].time()}; waiting lines: "
               f"{ {k: len(v) for k, v in waiting.items()} } {waiting[second][:1]}")
@@ -601,7 +340,7 @@ def test_a_joiner_killed_mid_stream_resumes_and_loses_nothing(tmp_path: Path) ->
             assert status == 200, f"preload put {key}: {status} {body}"
             expected[key], contexts[key] = 1, body["context"]
 
-        (n4,) = add_joiners(cluster, ["n4"])
+        (n4,) = add_nodes(cluster, ["n4"])
         shared_args = list(cluster.extra_args)
         cluster.extra_args = [*shared_args, *SLOW_STREAM]  # only n4 is started with it (receivers only)
         try:
@@ -610,13 +349,14 @@ def test_a_joiner_killed_mid_stream_resumes_and_loses_nothing(tmp_path: Path) ->
             cluster.extra_args = shared_args  # the restart streams at the default rate
         # The joiner serves no HTTP until it is normal (see test_a_joining_node_shows_its_progress...), so its
         # stream is seen in its log and in what it has merged into its commit log.
-        wait_until(lambda: log_lines(n4, NODE_STREAMING_SINCE) and wal_bytes(n4) > KILL_AFTER_BYTES,
+        wait_until(lambda: timed_log_lines(n4, NODE_STREAMING_SINCE) and wal_bytes(n4) > KILL_AFTER_BYTES,
                    JOIN_TIMEOUT_S, "n4 is streaming and has merged part of its data",
-                   observe=lambda: (alive(n4), wal_bytes(n4), log_lines(n4, "ringkv.node")[-2:]))
+                   observe=lambda: (alive(n4), wal_bytes(n4), timed_log_lines(n4, "ringkv.node")[-2:]))
         streamed_s = time.monotonic() - first.started
         cluster.kill(n4)
         killed_at_bytes = wal_bytes(n4)
-        assert not log_lines(n4, NODE_STREAMED), "n4 finished streaming before it was killed: the test means little"
+        assert not timed_log_lines(n4, NODE_STREAMED), \
+            "n4 finished streaming before it was killed: the test means little"
         identity = identity_file(n4)
         assert identity["joining"] is True and len(identity["tokens"]) == 16, \
             f"n4's node.json after the kill: joining {identity['joining']}, {len(identity['tokens'])} tokens"
@@ -638,7 +378,7 @@ def test_a_joiner_killed_mid_stream_resumes_and_loses_nothing(tmp_path: Path) ->
         second = watch_join(cluster, start_join(cluster, n4))
         print(f"\nfirst attempt: killed {streamed_s:.1f}s after its start with {killed_at_bytes / 1e6:.2f} MB in its "
               f"commit log; resumed join {second.summary()}")
-        assert log_lines(n4, NODE_RESUMING), "n4's log does not show it resuming its join"
+        assert timed_log_lines(n4, NODE_RESUMING), "n4's log does not show it resuming its join"
         assert_streamed_before_ready(second)
         assert identity_file(n4)["joining"] is False, "n4's node.json still says joining once it is normal"
 
@@ -683,7 +423,7 @@ def slow_join(tmp_path_factory: pytest.TempPathFactory) -> SlowJoin:
         keys = [f"obs-{i}" for i in range(OBSERVED_KEYS)]
         answers = put_all([(founders[i % 3], k, {"key": k, "pad": PAD_1K}, None) for i, k in enumerate(keys)])
         assert all(s == 200 for s, _ in answers), Counter(s for s, _ in answers)
-        (n4,) = add_joiners(cluster, ["n4"])
+        (n4,) = add_nodes(cluster, ["n4"])
         shared_args = list(cluster.extra_args)
         cluster.extra_args = [*shared_args, *SLOW_STREAM]
         try:
@@ -721,7 +461,7 @@ def slow_join(tmp_path_factory: pytest.TempPathFactory) -> SlowJoin:
         print(f"\nslow join {join.summary()}; members showing n4 joining (polls): {dict(joining)}, of which "
               f"agreed: {dict(agreed)}")
         return SlowJoin(join, dict(agreed), dict(joining), views,
-                        [line for _, line in log_lines(n4, "ringkv.node")])
+                        [line for _, line in timed_log_lines(n4, "ringkv.node")])
 
 
 def test_a_joining_node_shows_its_progress_while_it_streams(slow_join: SlowJoin) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ringkv.api.errors import Handler
+from ringkv.cluster import topology
 from ringkv.net.node import ClusterNode
 from ringkv.storage.engine import Engine
 
@@ -133,14 +134,15 @@ def _topology(node: ClusterNode) -> Iterator[Metric]:
     for name in NODE_MODES:
         mode.add_metric([name], 1 if node.mode == name else 0)
     yield mode
-    views = {s.ring for n, s in node.membership.members.items()
-             if n != node.node_id and node.gossiper.is_up(n) and s.status.value in ("normal", "leaving")}
-    agreed = GaugeMetricFamily("ringkv_ring_agreed", "1 when every live member gossips this node's view of the ring")
-    agreed.add_metric([], 1 if views <= {node.view_digest} else 0)
-    yield agreed
-    future = node.coordinator.future
+    yield GaugeMetricFamily("ringkv_ring_agreed", "1 when every live member gossips this node's view of the ring",
+                            1 if node.agreed() else 0)
+    future, current = node.coordinator.future, node.coordinator.ring
     yield GaugeMetricFamily("ringkv_topology_changes_in_flight", "Members joining or leaving, as this node sees them",
-                            0 if future is None else len(set(future.nodes) ^ set(node.coordinator.ring.nodes)))
+                            0 if future is None else len(set(future.nodes) ^ set(current.nodes)))
+    yield GaugeMetricFamily("ringkv_ring_pending_ranges",
+                            "Pieces of the token space that gain a replica in the change in flight (pending ranges)",
+                            0 if future is None else
+                            len(topology.movements(current, future, node.config.replication_factor)))
     st = node.streamer.stats if hasattr(node, "streamer") else None
     if st is not None:
         yield CounterMetricFamily("ringkv_streaming_received_keys", "Records received by range streaming",
