@@ -1,5 +1,5 @@
 # Shortcuts; the README's commands (bash tools/run, bash tools/test) work without make.
-.PHONY: run down test lint bench bench-http bench-compare faults manifests clean
+.PHONY: run down test lint bench bench-http bench-compare faults faults-churn manifests clean
 run:
 	bash tools/run
 down:
@@ -16,6 +16,8 @@ bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis (installs 
 	bash tools/bootstrap && .venv/bin/python bench/compare.py
 faults:  ## the nemesis soak: 5 seeds x 150 s, 5 nodes in network namespaces (root); SEEDS=, DURATION= override
 	bash tools/bootstrap && .venv/bin/python bench/faults.py --seeds $(or $(SEEDS),5) --duration $(or $(DURATION),150)
+faults-churn:  ## the nemesis soak with topology churn too (decommission, wipe, rejoin with streaming)
+	bash tools/bootstrap && .venv/bin/python bench/faults.py --churn --seeds $(or $(SEEDS),5) --duration $(or $(DURATION),180)
 manifests:  ## regenerate manifests/ from the chart
 	bash tools/bootstrap && .venv/bin/python tools/render-manifests
 clean:

@@ -3,6 +3,7 @@
 
     python bench/faults.py [--seeds 5] [--first-seed 1 | --seed-list 3,17] [--duration 150] [--nodes 5]
                            [--clients 10] [--out DIR]
+    python bench/faults.py --churn ...                         # also decommission + wipe + rejoin (streaming)
     python bench/faults.py --replay RUN_DIR/schedule.json      # one saved run again
     make faults                                                 # 5 seeds x 150 s
 
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.faults import harness, netns
+from tests.faults import harness, nemesis, netns
 
 COLUMNS = ("seed", "acked", "lost", "indeterminate", "phantoms", "unverified", "availability", "during faults",
            "to healthy nodes, 1 sick", "p99 to healthy (ms)", "healthy", "p99 healthy (ms)")
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=10, help="clients per workload (default 10)")
     p.add_argument("--settle", type=float, default=harness.DEFAULT_SETTLE_S, help="settle and read-back bound")
     p.add_argument("--out", type=Path, default=None, help="where the runs go (default /tmp/ringkv-faults-TIME)")
+    p.add_argument("--churn", action="store_true",
+                   help="also topology churn: decommission a node, wipe it, rejoin it (streams both ways)")
     p.add_argument("--replay", type=Path, default=None, help="run a saved RUN_DIR/schedule.json again")
     args = p.parse_args(argv)
     out: Path = args.out or Path(f"/tmp/ringkv-faults-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = harness.run(seed, out / f"seed-{seed}", nodes=args.nodes, duration_s=args.duration,
                                  clients=args.clients, settle_s=args.settle,
-                                 echo=lambda line: print(line, flush=True))
+                                 echo=lambda line: print(line, flush=True),
+                                 kinds=nemesis.WITH_CHURN if args.churn else nemesis.KINDS)
         except netns.Unavailable as e:
             print(f"cannot build network namespaces here: {e}", file=sys.stderr)
             return 2

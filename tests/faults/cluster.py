@@ -7,7 +7,9 @@ RUN_DIR/logs/n{i+1}.log (appended across restarts, each start marked).
 
 Readiness is polled from the root namespace (its bridge address routes there; every URL is checked by
 `Network.check_url` first), with a deadline, through an opener that ignores any proxy settings. Faults:
-`kill9` + `start` (same data dir), `pause` (SIGSTOP) / `resume` (SIGCONT).
+`kill9` + `start` (same data dir), `pause` (SIGSTOP) / `resume` (SIGCONT); topology churn: `decommission`
+(the node hands its ranges over and exits by itself) then `rejoin` (data directory wiped, started with no
+`--tokens`: it joins as a new member, waits its turn and streams its ranges before it is ready).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,7 +93,8 @@ class NetCluster:
         return self.net.exec_argv(node.index, [
             python(), "-m", "ringkv.cli", "node", "--host", node.host, "--port", str(HTTP_PORT),
             "--peer-port", str(PEER_PORT), "--node-id", node.node_id, "--seeds", self.seeds(),
-            "--tokens=" + ",".join(map(str, node.tokens)), "--replication-factor", str(REPLICATION),
+            *(["--tokens=" + ",".join(map(str, node.tokens))] if node.tokens else []),
+            "--replication-factor", str(REPLICATION),
             "--durability", "sync", "--gossip-interval-s", str(GOSSIP_INTERVAL_S), "--data-dir", str(node.data_dir),
             *self.extra_args,
         ])
@@ -166,6 +170,40 @@ class NetCluster:
                     node.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         for node in self.nodes:
             self.kill9(node)
+
+    # -- topology churn ---------------------------------------------------------------------------------------
+
+    def decommission(self, node: NetNode) -> int:
+        """POST /admin/v1/decommission to `node` (its exit at the end is expected); the HTTP status."""
+        url = self.net.check_url(node.url + "/admin/v1/decommission")
+        request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+        node.killed = True  # it stops by itself once it has left: not an unexpected exit
+        try:
+            with _NO_PROXY.open(request, timeout=5.0) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def rejoin(self, node: NetNode, left_timeout_s: float, join_timeout_s: float) -> str:
+        """Wait until the decommissioned `node` has exited, wipe its data, start it as a new member (no tokens),
+        wait until it is ready (joined and streamed). What happened, in words."""
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=left_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9(node)
+            self.start(node)  # back on its data and tokens: the decommission is rolled back
+            self.wait_ready([node], timeout_s=join_timeout_s)
+            return f"decommission NOT finished in {left_timeout_s:.0f}s: killed, restarted on its data"
+        code = node.process.returncode
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        node.tokens = []
+        start = time.monotonic()
+        self.start(node)
+        self.wait_ready([node], timeout_s=join_timeout_s)
+        return f"left (exit {code}), wiped, rejoined and streamed in {time.monotonic() - start:.1f}s"
 
     # -- readiness --------------------------------------------------------------------------------------------
 

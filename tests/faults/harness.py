@@ -209,11 +209,11 @@ async def _exercise(plan: CheckPlan, cluster: NetCluster, nem: nemesis.Nemesis, 
 
 def run(seed: int, run_dir: Path, nodes: int = 5, duration_s: float = 55.0, clients: int = 10,
         settle_s: float = DEFAULT_SETTLE_S, events: list[nemesis.Planned] | None = None,
-        echo: Callable[[str], None] = print) -> RunResult:
+        echo: Callable[[str], None] = print, kinds: Sequence[str] = nemesis.KINDS) -> RunResult:
     """One run. Raises `netns.Unavailable` when namespaces cannot be made here; any other error is raised
     with the run directory named (where the schedule and the node logs are)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    planned = events if events is not None else nemesis.schedule(seed, nodes, duration_s)
+    planned = events if events is not None else nemesis.schedule(seed, nodes, duration_s, kinds=kinds)
     params = {"duration_s": duration_s, "clients": clients, "settle_s": settle_s, "run_dir": str(run_dir)}
     echo(f"fault run: seed {seed}, {nodes} nodes, {duration_s:.0f}s of workload, {len(planned)} events; "
          f"run dir {run_dir}")

@@ -10,6 +10,10 @@ Kinds, cycled (each cycle of four in a seeded order):
   namespace (10.77.X.254), still reach it.
 - `kill`: kill -9 one node; at the end of the event restart it on the same data and wait until it is ready.
 - `pause`: SIGSTOP one node; SIGCONT at the end.
+- `churn` (only with `kinds=WITH_CHURN`, `bench/faults.py --churn`): decommission one node (it streams its
+  ranges to their new owners and exits), then wipe it and start it again as a new member: it waits its turn,
+  takes new tokens and streams before it is ready. Writes meanwhile go to pending replicas too; the checker
+  must still find every acknowledged write. It lasts as long as it takes (planned `CHURN_S`).
 
 Each event lasts 3-8 s, with 2-4 s of health between events, a healthy lead before the first and a tail
 before the workload stops (so the settle phase and the final reads see a healed cluster). Every start and end
@@ -40,7 +44,11 @@ from tests.faults import netns
 from tests.faults.cluster import NetCluster, NetNode
 
 KINDS = ("partition", "isolate", "kill", "pause")
-SINGLE_NODE = ("isolate", "pause", "kill")  # kinds with one sick node
+WITH_CHURN = (*KINDS, "churn")
+SINGLE_NODE = ("isolate", "pause", "kill", "churn")  # kinds with one sick node
+CHURN_S = 40.0  # planned for a churn event (decommission + rejoin with streaming, at 0.5 s gossip)
+CHURN_LEFT_TIMEOUT_S = 90.0
+CHURN_JOIN_TIMEOUT_S = 120.0
 EVENT_S = (3.0, 8.0)
 GAP_S = (2.0, 4.0)
 LEAD_S = 3.0  # health before the first event
@@ -64,8 +72,8 @@ class Planned:
         return f"{self.kind} {a}"
 
 
-def schedule(seed: int, nodes: int, duration_s: float, lead_s: float = LEAD_S, tail_s: float = TAIL_S
-             ) -> list[Planned]:
+def schedule(seed: int, nodes: int, duration_s: float, lead_s: float = LEAD_S, tail_s: float = TAIL_S,
+             kinds: Sequence[str] = KINDS) -> list[Planned]:
     """The events of one run: a pure function of its arguments."""
     rng = random.Random(seed)
     out: list[Planned] = []
@@ -73,10 +81,10 @@ def schedule(seed: int, nodes: int, duration_s: float, lead_s: float = LEAD_S, t
     t = lead_s
     for _ in range(10_000):
         if not cycle:
-            cycle = list(KINDS)
+            cycle = list(kinds)
             rng.shuffle(cycle)
         kind = cycle.pop(0)
-        length = round(rng.uniform(*EVENT_S), 2)
+        length = CHURN_S if kind == "churn" else round(rng.uniform(*EVENT_S), 2)
         gap = round(rng.uniform(*GAP_S), 2)
         order = list(range(nodes))
         rng.shuffle(order)
@@ -154,6 +162,10 @@ class Nemesis:
             self.cluster.kill9(nodes[event.nodes[0]])
         elif event.kind == "pause":
             self.cluster.pause(nodes[event.nodes[0]])
+        elif event.kind == "churn":
+            status = self.cluster.decommission(nodes[event.nodes[0]])
+            if status != 202:
+                raise RuntimeError(f"decommission of {nodes[event.nodes[0]].node_id} answered {status}")
         else:
             raise ValueError(f"unknown nemesis event {event.kind!r}")
 
@@ -167,6 +179,11 @@ class Nemesis:
         if event.kind == "pause":
             self.cluster.resume(node)
             return "resumed"
+        if event.kind == "churn":
+            try:
+                return self.cluster.rejoin(node, CHURN_LEFT_TIMEOUT_S, CHURN_JOIN_TIMEOUT_S)
+            except (TimeoutError, RuntimeError) as e:
+                return f"rejoin NOT ready: {e}"
         raise ValueError(event.kind)
 
     def _restart(self, node: NetNode) -> str:
@@ -219,7 +236,8 @@ class Nemesis:
                 self.records.append(record)
                 self.note(f"nemesis start {record.description}")
                 await asyncio.to_thread(self._begin, event)
-                await asyncio.sleep(max(0.0, record.start_s + event.duration_s - self.now()))
+                if event.kind != "churn":  # a churn ends when the node has left and rejoined, not by the clock
+                    await asyncio.sleep(max(0.0, record.start_s + event.duration_s - self.now()))
                 record.note = await asyncio.to_thread(self._end, event)
                 record.end_s = previous_end = self.now()
                 self.note(f"nemesis end {record.description}: {record.note}")
