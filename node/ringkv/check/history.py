@@ -5,7 +5,8 @@ Outcomes (`Outcome`):
 
 - `OK`: the node acknowledged (put/delete 200; read 200, 300 or 404).
 - `FAIL`: the node refused in a way that means nothing was applied: a 4xx other than 404 on a write
-  (`invalid_context`, `too_many_siblings`...), or a refused connection (the request never left us).
+  (`invalid_context`, `too_many_siblings`...), a 503 `not_ready` (a node starting, joining, drained or
+  stopping refuses before it does anything), or a refused connection (the request never left us).
 - `INFO` (indeterminate): it may or may not have been applied — a timeout, a connection lost mid-request,
   a 5xx (503 `quorum_unavailable` included: some replicas may hold it).
 
@@ -31,14 +32,18 @@ class Kind(enum.StrEnum):
     READ = "read"
 
 
-def classify(status: int, write: bool, refused: bool = False) -> Outcome:
-    """The outcome of an HTTP answer. `status` 0 means no answer: `refused` (the connection was refused, the
-    request never left) is a failure, anything else (timeout, connection lost) indeterminate."""
+NOT_APPLIED_ERRORS = frozenset({"not_ready"})  # 503 error codes a node answers before it does anything
+
+
+def classify(status: int, write: bool, refused: bool = False, error: str | None = None) -> Outcome:
+    """The outcome of an HTTP answer (`error`: the JSON error code, if any). `status` 0 means no answer:
+    `refused` (the connection was refused, the request never left) is a failure, anything else (timeout,
+    connection lost) indeterminate."""
     if status == 0:
         return Outcome.FAIL if refused else Outcome.INFO
     if status in (200, 300) or (status == 404 and not write):
         return Outcome.OK
-    if 400 <= status < 500 and status != 404:
+    if (400 <= status < 500 and status != 404) or (status == 503 and error in NOT_APPLIED_ERRORS):
         return Outcome.FAIL
     return Outcome.INFO  # 5xx (503 included), or a write answered 404: it may have been applied
 

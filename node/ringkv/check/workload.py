@@ -142,7 +142,8 @@ class Runner:
         start = self.now()
         status, doc, refused = await self._call("GET", url + "/api/v1/getValue",
                                                 {"key": key, **self._quorum("r", r or self.plan.r)})
-        outcome = classify(status, write=False, refused=refused)
+        outcome = classify(status, write=False, refused=refused,
+                           error=doc.get("error") if isinstance(doc, dict) else None)
         values: list[Any] = []
         context = None
         if outcome is Outcome.OK and isinstance(doc, dict):
@@ -162,8 +163,9 @@ class Runner:
         if context is not None:
             body["context"] = context
         start = self.now()
-        status, _, refused = await self._call("POST", url + "/api/v1/put", self._quorum("w", self.plan.w), body)
-        outcome = classify(status, write=True, refused=refused)
+        status, doc, refused = await self._call("POST", url + "/api/v1/put", self._quorum("w", self.plan.w), body)
+        outcome = classify(status, write=True, refused=refused,
+                           error=doc.get("error") if isinstance(doc, dict) else None)
         self.history.record(Op(client, kind, key, element, start, self.now(), outcome, url, status))
         self.counters.count(outcome)
         return outcome

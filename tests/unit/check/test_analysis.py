@@ -90,3 +90,6 @@ def test_http_outcomes() -> None:
     assert classify(503, write=True) is Outcome.INFO
     assert classify(0, write=True) is Outcome.INFO  # a timeout: it may have landed
     assert classify(0, write=True, refused=True) is Outcome.FAIL  # never left
+    # A node that is starting, joining, drained or stopping refuses before it does anything: not applied.
+    assert classify(503, write=True, error="not_ready") is Outcome.FAIL
+    assert classify(503, write=True, error="quorum_unavailable") is Outcome.INFO  # some replicas may hold it
