@@ -52,6 +52,7 @@ class MemberState:
     capacity: float = 1.0
     ring: str = ""  # the digest of the ring this member places keys on ("" unknown): agreement is visible
     replaces: str = ""  # joining to take over this dead member's tokens (replace), else ""
+    by: str = ""  # the live member that announced this state on behalf of a dead one (`speak_for`), else ""
 
     @property
     def freshness(self) -> tuple[int, int]:
@@ -62,7 +63,7 @@ class MemberState:
             "id": self.node_id, "gen": self.generation, "ver": self.version, "status": self.status.value,
             "host": self.host, "http": self.http_port, "peer": self.peer_port, "tokens": list(self.tokens),
             "dc": self.datacenter, "rack": self.rack, "cap": self.capacity, "ring": self.ring,
-            "replaces": self.replaces,
+            "replaces": self.replaces, "by": self.by,
         }
 
     @classmethod
@@ -76,6 +77,7 @@ class MemberState:
                 datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
                 ring=str(doc.get("ring") or "")[:80],  # absent from a sender that predates it
                 replaces=str(doc.get("replaces") or ""),
+                by=str(doc.get("by") or ""),  # absent from a sender that predates it
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed member state: {e!r}") from None
@@ -147,11 +149,13 @@ class Membership:
     def speak_for(self, node: NodeId, **changes: Any) -> MemberState:
         """Change a *dead* peer's state on its behalf (removenode): the same generation, a version past the
         freshest one heard, so the change wins everywhere gossip takes it. If the peer comes back, its new
-        generation wins over it (a removed node must be wiped before it starts again)."""
+        generation wins over it (a removed node must be wiped before it starts again). The state names us
+        (`by`): it is no heartbeat of the dead node (`Gossiper.absorb`), and while we are up it shows a change
+        in flight (a removal) to every node."""
         if node == self.local_id or node not in self._members:
             raise KeyError(node)
         known = self._members[node]
-        new = replace(known, version=known.version + 1000, **changes)
+        new = replace(known, version=known.version + 1000, by=self.local_id, **changes)
         self._members[node] = new
         return new
 

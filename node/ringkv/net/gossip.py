@@ -105,7 +105,8 @@ class Gossiper:
     # -- exchanging state -----------------------------------------------------------------------------
 
     def absorb(self, states: Any) -> None:
-        """Merge a peer's state list; every state that was news counts as a heartbeat of its node."""
+        """Merge a peer's state list; every state that was news counts as a heartbeat of its node, unless
+        another node announced it on the node's behalf (`MemberState.by`)."""
         if not isinstance(states, list):
             raise ValueError("gossip body must be a list of member states")
         parsed = [MemberState.from_wire(doc) for doc in states]
@@ -114,6 +115,8 @@ class Gossiper:
         news = self.membership.apply(parsed)
         now = time.monotonic()
         for state in news:
+            if state.by:
+                continue  # announced on a dead node's behalf (removenode): no sign of life of that node
             if state.generation > generations.get(state.node_id, state.generation):
                 self.detector.remove(state.node_id)  # restarted: the downtime is no heartbeat interval
             self.detector.heartbeat(state.node_id, now)

@@ -366,10 +366,15 @@ class ClusterNode:
         return tokens or None
 
     def topology_in_flight(self) -> tuple[list[str], list[tuple[NodeId, int]]]:
-        """Changes other live members have in flight (described), and the live join candidates (with us)."""
+        """Changes live members have in flight (described): their own joins and decommissions, and removals a
+        live member runs for a dead one (its state announced `by` the remover); and the live join candidates
+        (with us). A dead member's own change is not in flight: it is stuck until it restarts or is removed."""
         busy: list[str] = []
         candidates: list[tuple[NodeId, int]] = [(self.node_id, self.membership.local.generation)]
         for node, state in self.membership.members.items():
+            if state.by and state.status == Status.LEAVING and self.gossiper.is_up(NodeId(state.by)):
+                busy.append(f"{state.by} is removing {node}")
+                continue
             if node == self.node_id or not self.gossiper.is_up(node):
                 continue
             if state.status == Status.JOINING and state.tokens:

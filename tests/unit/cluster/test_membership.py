@@ -172,7 +172,7 @@ def test_membership_to_wire_lists_every_member() -> None:
 
 def _malformed() -> list[tuple[str, Any]]:
     good = _full_state().to_wire()
-    optional = {"ring", "replaces"}  # absent from a sender that predates them
+    optional = {"ring", "replaces", "by"}  # absent from a sender that predates them
     cases: list[tuple[str, Any]] = [(f"missing {key}", {k: v for k, v in good.items() if k != key})
                                     for key in good if key not in optional]
     for name, key, value in [

@@ -243,3 +243,23 @@ def test_a_new_generation_starts_a_fresh_heartbeat_history() -> None:
     fresh.heartbeat(B, last)
     for silence in (0.1, 0.5, 1.0):
         assert gossiper.detector.phi(B, last + silence) == fresh.phi(B, last + silence)
+
+
+def test_a_state_announced_on_a_dead_nodes_behalf_is_no_heartbeat_of_it() -> None:
+    """removenode announces the dead node `leaving` (then `left`) with a newer version, naming itself in `by`:
+    the others take the state but must not judge the dead node alive because of it."""
+    gossiper = _lone()
+    gossiper.absorb([_doc("b", 1, 1)])
+    last = gossiper.detector.last_heartbeat(B)
+    gossiper.absorb([_doc("b", 1, 1001, status="leaving", by="c")])
+    assert gossiper.membership.members[B].status == Status.LEAVING  # taken: it is news
+    assert gossiper.detector.last_heartbeat(B) == last  # but no sign of life of b
+
+
+def test_speak_for_names_the_speaker() -> None:
+    membership = Membership(MemberState(node_id=A, generation=1, version=0, status=Status.NORMAL, host=HOST,
+                                        http_port=1, peer_port=2, tokens=()))
+    membership.apply([MemberState.from_wire(_doc("b", 1, 3))])
+    spoken = membership.speak_for(B, status=Status.LEAVING)
+    assert spoken.by == A and spoken.version > 3
+    assert MemberState.from_wire(spoken.to_wire()) == spoken
