@@ -190,7 +190,7 @@ WRITERS = 4
 READERS = 4
 NEW_KEY_SHARE = 0.3  # of a writer's puts; the others overwrite one of its keys with the last context
 PACE_S = 0.01  # each worker's pause between requests (sets the load's rate, ~600 requests/s in all)
-MIN_LOAD_WRITES = 2000
+MIN_LOAD_WRITES = 1000  # acknowledged during the two joins (~2,000 on an idle machine; joins take ~10 s each)
 
 
 def join_load(targets: Sequence[LocalNode]) -> Load:
