@@ -8,7 +8,7 @@
 3. **Stream** (`bootstrap`): announce the pending tokens, wait until every member shows that view
    (`ClusterNode.await_agreement`: from then on writes for our future ranges reach us too), then for every
    range we gain (`topology.gains_of`) stream it from a current replica, healthiest first, and verify it
-   with that replica by a Merkle exchange (`receive_range`).
+   with that replica by a Merkle exchange (`receive_range`); `PARALLEL_RANGES` at once, spread over sources.
 4. **Normal** (`run`): announce normal (a replacement announces the replaced node `left` in the same step),
    clear `joining`, serve.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ringkv.cluster import ring as ringmod
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringkv.join")
 
 WAIT_LOG_INTERVAL_S = 10.0
+PARALLEL_RANGES = 3  # ranges streamed at once (each from its own source where it can)
 
 
 def must_stream(node: ClusterNode) -> bool:
@@ -176,22 +178,43 @@ async def bootstrap(node: ClusterNode, tokens: list[int]) -> None:
     log.info("joining: streaming %d ranges from %d sources", len(moves),
              len({s for m in moves for s in m.sources}))
     assert node.antientropy is not None
-    for move, progress in zip(moves, node.join_progress, strict=True):
-        await receive_range(node, progress, move.sources)
+    slots = asyncio.Semaphore(PARALLEL_RANGES)
+
+    async def one(i: int, move: topology.Movement, progress: RangeProgress) -> None:
+        async with slots:
+            progress.started = time.monotonic()
+            await receive_range(node, progress, move.sources, spread=i)
+
+    await _all(one(i, m, p) for i, (m, p) in enumerate(zip(moves, node.join_progress, strict=True)))
     node.streamer.stats.ranges_streamed += len(moves)
     log.info("joining: streamed and verified %d ranges (%d keys, %d bytes)", len(moves),
              sum(p.keys for p in node.join_progress), sum(p.bytes for p in node.join_progress))
 
 
+async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run them all; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def receive_range(node: ClusterNode, progress: RangeProgress, sources: tuple[NodeId, ...],
-                        attempts: int | None = None) -> None:
-    """Stream `progress`'s range here from one of `sources` (the healthiest first) and verify it with that
+                        attempts: int | None = None, spread: int = 0) -> None:
+    """Stream `progress`'s range here from one of `sources` (the healthiest first; among equals, the list
+    rotated by `spread`, so ranges streamed together come from different sources) and verify it with that
     source; another source when one fails; every source failing, again after a gossip interval (at most
     `attempts` rounds; None: until it works). Raises the last error when the attempts run out."""
     assert node.antientropy is not None
     rounds = 0
+    others = [s for s in sources if s != node.node_id]
+    if others:
+        others = others[spread % len(others):] + others[:spread % len(others)]
     while True:
-        candidates = node.coordinator.healthy_first([s for s in sources if s != node.node_id])
+        candidates = node.coordinator.healthy_first(others)
         for source in candidates:
             progress.source, progress.keys, progress.bytes = source, 0, 0
             try:

@@ -8,8 +8,9 @@ A node that gains a range (a join, or a decommission's successor) pulls it from 
 The source reads one batch of its token-ordered storage (`Replica.scan_range`, a consistent snapshot per
 batch, cost proportional to the batch) per call; the receiver merges every record of a batch into its own
 storage at once (`Replica.merge_in`: the DVV merge, so a record that also arrived by a write meanwhile loses
-nothing; one group commit makes the batch durable), counts it, takes the batch's bytes from a token bucket
-(`stream_mb_s`), and then asks for the next. Progress per range: keys, bytes, done.
+nothing; one group commit makes the batch durable), counts it and takes the batch's bytes from a token bucket
+(`stream_mb_s`); the next batch is already on its way meanwhile (one ahead). A join streams a few ranges at
+once, from different sources where it can (`net/join.py`). Progress per range: keys, bytes, done.
 
 Writes go on during the stream (the coordinator sends them to the gaining node as a pending replica too), and
 a batch is a snapshot only of itself, so a streamed range is then **verified**: both sides build a
@@ -39,7 +40,7 @@ from ringkv.replica import Replica
 log = logging.getLogger("ringkv.streaming")
 
 MAX_BATCH = 1024
-BATCH = 256
+BATCH = 512
 
 Call = Callable[[NodeId, str, dict[str, Any], float], Awaitable[Any]]
 
@@ -84,23 +85,35 @@ class Streamer:
         self.active: dict[str, RangeProgress] = {}
 
     async def receive(self, progress: RangeProgress) -> None:
-        """Pull every record of `progress`'s range from its source and merge it here (raises on failure)."""
+        """Pull every record of `progress`'s range from its source and merge it here (raises on failure). The
+        next batch is asked for before this one is merged, so the source's scan and the transfer overlap the
+        local merge (one batch ahead at most; the rate limit is paid per batch as before)."""
         progress.state = "streaming"
         self.active[f"{progress.lo}:{progress.hi}"] = progress
-        cursor: bytes | None = None
-        while True:
-            reply = await self.call(progress.source, "stream_range",
-                                    {"lo": progress.lo, "hi": progress.hi, "cursor": cursor, "limit": BATCH},
-                                    self.timeout_s)
-            records, size, cursor = _parse_batch(reply)
-            await asyncio.gather(*(self.replica.merge_in(key, record) for key, record in records))
-            progress.keys += len(records)
-            progress.bytes += size
-            self.stats.keys_received += len(records)
-            self.stats.bytes_received += size
-            await self.limiter.acquire(size)  # paid before the next batch is asked for: the pace of the stream
-            if cursor is None:
-                return
+
+        def fetch(cursor: bytes | None) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(self.call(
+                progress.source, "stream_range",
+                {"lo": progress.lo, "hi": progress.hi, "cursor": cursor, "limit": BATCH}, self.timeout_s))
+
+        ahead = fetch(None)
+        try:
+            while True:
+                records, size, cursor = _parse_batch(await ahead)
+                if cursor is not None:
+                    ahead = fetch(cursor)
+                await asyncio.gather(*(self.replica.merge_in(key, record) for key, record in records))
+                progress.keys += len(records)
+                progress.bytes += size
+                self.stats.keys_received += len(records)
+                self.stats.bytes_received += size
+                await self.limiter.acquire(size)  # the pace of the stream
+                if cursor is None:
+                    return
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
     async def handle_stream_range(self, body: Any, peer: str) -> Any:
         if not isinstance(body, dict):

@@ -15,6 +15,7 @@ from ringkv.cluster import versions
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.ring import token_for
 from ringkv.errors import RequestError
+from ringkv.net import streaming
 from ringkv.net.streaming import RangeProgress, Streamer
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import TransportError
@@ -87,7 +88,7 @@ def test_a_streamed_range_arrives_whole_and_merges_with_what_the_sink_has(tmp_pa
             progress = RangeProgress(lo, hi, SOURCE)
             await streamer.receive(progress)
             expected = [b"k%d" % i for i in range(700) if in_range(lo, hi, token_for(b"k%d" % i))]
-            assert progress.keys == len(expected) and calls[0] >= len(expected) // 256 + 1
+            assert progress.keys == len(expected) and calls[0] >= len(expected) // streaming.BATCH + 1
             for key in expected:
                 want = await source.read(key)
                 got = await sink.read(key)
@@ -109,12 +110,13 @@ def test_a_source_dying_mid_stream_fails_the_range_and_a_retry_completes_it(tmp_
     async def main() -> None:
         source, sink, _, streamer, _ = await pair(tmp_path, fail_after=2)
         try:
-            for i in range(1000):
+            total = 4 * streaming.BATCH  # the source dies after two batches (the third call fails)
+            for i in range(total):
                 await source.write(b"k%d" % i, b'"%d"' % i, None)
             progress = RangeProgress(0, 0, SOURCE)
             with pytest.raises(TransportError):
                 await streamer.receive(progress)
-            assert 0 < progress.keys < 1000
+            assert 0 < progress.keys < total
             src_streamer = Streamer(source, _no_call, RateLimiter(None))  # the source is back
 
             async def call(node: NodeId, method: str, body: dict[str, Any], timeout_s: float) -> Any:
@@ -122,8 +124,8 @@ def test_a_source_dying_mid_stream_fails_the_range_and_a_retry_completes_it(tmp_
 
             again = RangeProgress(0, 0, SOURCE)
             await Streamer(sink, call, RateLimiter(None)).receive(again)
-            assert again.keys == 1000
-            for i in range(0, 1000, 37):
+            assert again.keys == total
+            for i in range(0, total, 37):
                 assert await sink.read(b"k%d" % i) == await source.read(b"k%d" % i)
         finally:
             await source.engine.close()
