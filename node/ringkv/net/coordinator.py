@@ -299,11 +299,19 @@ class Coordinator:
 
     async def _coordinate(self, key: bytes, value: bytes | None, context: VersionVector | None,
                           w_required: int, preference: tuple[NodeId, ...], deadline: float) -> Record:
+        ring, future = self.ring, self.future  # what `preference` was taken from (no await since)
         record = await self.replica.write(key, value, context)  # local, durable: the first ack
         encoded = versions.encode_record(record)
-        pending = self.pending(key)
-        if pending:  # a topology change is in flight: the future replicas get it too, one more ack each
-            preference, w_required = preference + pending, w_required + len(pending)
+        # Targets from the ring as it is *now* too: it may have changed while the local write was awaited (a
+        # joiner turned normal, a leaver left). The write goes to the preference list it was taken for, the
+        # current one and the pending replicas (a topology change in flight: the future ones), one more ack
+        # per node added, so that W of them are replicas of every ring in play (W + P, as Cassandra's).
+        if self.ring is ring and self.future is future:  # unchanged (the usual case): only pending replicas
+            extra = self.pending(key)
+        else:
+            extra = tuple(n for n in dict.fromkeys(self.preference(key) + self.pending(key)) if n not in preference)
+        if extra:
+            preference, w_required = preference + extra, w_required + len(extra)
         # Owed from this moment (not from when the background task first runs): a stop that cancels the task
         # before it starts still keeps the write as hints.
         owed = _Owed(key, encoded, {n for n in preference if n != self.node_id})

@@ -19,7 +19,7 @@ import pytest
 
 from ringkv.cluster import ringview, versions
 from ringkv.cluster.ids import NodeId
-from ringkv.cluster.ring import NodeInfo, Ring, join
+from ringkv.cluster.ring import NodeInfo, Ring, join, token_for
 from ringkv.cluster.versions import Record
 from ringkv.errors import QuorumUnavailableError, RequestError
 from ringkv.net.coordinator import Coordinator, QuorumSettings
@@ -391,5 +391,35 @@ def test_hints_for_a_node_that_stays_down_expire_and_free_their_space(tmp_path: 
             assert holder.hints.pending == {}  # past the window: anti-entropy's job now
             assert (holder.hints.dropped, holder.hints.bytes) == (3, 0)
             assert await holder.hints.batch(gone) == []
+
+    run(main())
+
+
+def test_a_write_whose_ring_changes_during_its_local_write_reaches_the_new_replica(tmp_path: Path) -> None:
+    """The coordinator's ring takes a joiner in while the local write is awaited: the write must still reach
+    the key's replicas on the new ring (it was once sent to the old preference list only, and the joiner
+    never got it: a write acknowledged by W old replicas, one of which no longer replicates the key)."""
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            await cluster.add(NodeId("n3"), tmp_path)  # a member, not yet in the ring
+            bigger = ring_of(4)
+            coordinator = NodeId("n0")
+            key = next(b"flip-%d" % i for i in range(10_000)
+                       if coordinator in cluster.preference(b"flip-%d" % i)
+                       and coordinator in bigger.preference_list(token_for(b"flip-%d" % i), 3)
+                       and "n3" in bigger.preference_list(token_for(b"flip-%d" % i), 3))
+            replica = cluster[coordinator].replica
+            original = replica.write
+
+            async def write_then_flip(k: bytes, value: bytes | None, context: Any) -> Record:
+                record = await original(k, value, context)
+                for member in cluster.members.values():  # the joiner turned normal meanwhile
+                    member.coordinator.ring = bigger
+                    member.coordinator.ring_digest = ringview.digest(bigger)
+                return record
+
+            replica.write = write_then_flip  # type: ignore[method-assign,assignment]
+            record = await cluster[coordinator].coordinator.put(key, b"v", None, w=2)
+            await until(functools.partial(cluster[NodeId("n3")].holds, key, record), "the new replica n3 holds it")
 
     run(main())
