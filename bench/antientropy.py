@@ -47,27 +47,32 @@ figure to --json (default bench/results/antientropy-YYYYmmdd-HHMMSS.json; '-' fo
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as `python bench/NAME.py`, Python puts bench/ first on sys.path: put the repository root there instead
+# (as `python -m bench.NAME` would), so `bench.common` imports.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])
+
 import argparse
 import asyncio
-import contextlib
-import os
-import platform
 import random
 import shlex
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import msgpack
 import orjson
 
-from ringkv import __version__, local
+from bench.common import Progress, machine, pick_base_port, wait_for
+from ringkv import local
 from ringkv.cluster import merkle
 from ringkv.cluster.aae import ReplicaRange, parse_range
 from ringkv.cluster.ids import NodeId
@@ -77,8 +82,6 @@ from ringkv.net import antientropy as aae_net
 from ringkv.net.transport import PeerClient
 from ringkv.net.trees import TreeSet
 from ringkv.replica import Change
-
-T = TypeVar("T")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_NAME = "ringkv"  # the nodes' default --cluster-name
@@ -95,42 +98,6 @@ QUIET_ARGS = ["--hints-enabled", "false", "--aae-enabled", "true", "--aae-interv
 
 def log(message: str) -> None:
     print(f"antientropy: {message}", file=sys.stderr, flush=True)
-
-
-class Progress:
-    """A one-line progress bar on stderr (like bench/engine.py's)."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
-        self.label, self.total, self.enabled = label, total, enabled
-        self.started = self.last = time.monotonic()
-        self.finished = False
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or self.finished or (done != self.total and now - self.last < 0.5):
-            return
-        self.last = now
-        self.finished = done == self.total
-        filled = int(30 * done / max(1, self.total))
-        rate = done / max(1e-9, now - self.started)
-        sys.stderr.write(f"\r  {self.label:<30} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{self.total:,} "
-                         f"{rate:,.0f}/s")
-        if done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-async def wait_for(check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float,
-                   poll_s: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy (returned), or TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting until {what}")
-        await asyncio.sleep(poll_s)
 
 
 def frame_bytes(obj: Any) -> int:
@@ -158,17 +125,6 @@ def ratio(a: float, b: float) -> float | None:
 
 
 # -- the cluster ----------------------------------------------------------------------------------------------
-
-
-def pick_base_port(nodes: int) -> int:
-    """A base port with base..base+nodes-1 and their peer ports (+1000) all free right now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(200):
-        base = rng.randrange(20_000, 28_000, 10)
-        ports = [base + i for i in range(nodes)] + [base + local.PEER_PORT_OFFSET + i for i in range(nodes)]
-        if all(local.port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free block of ports for the cluster")
 
 
 def start_cluster(data_dir: str, durability: str, extra_args: list[str]) -> LocalCluster:
@@ -823,14 +779,6 @@ def compare(a: dict[str, Any], n: dict[str, Any]) -> dict[str, Any]:
             "bytes_ratio_bench": ratio(n["wire_bytes"]["bench_flat"], aae_bytes),
             "aae_comparison_bytes": aae_overhead, "naive_comparison_bytes": naive_overhead,
             "comparison_bytes_ratio": ratio(naive_overhead, aae_overhead)}
-
-
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    return {"platform": platform.platform(), "cores": os.cpu_count(), "cpu": cpu,
-            "python": platform.python_version(), "ringkv": __version__}
 
 
 def table(doc: dict[str, Any]) -> str:
