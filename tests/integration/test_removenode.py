@@ -16,7 +16,8 @@ announces X `left` (`net/join.py`, `take_over`). See docs/topology.md.
   done) with exactly n4's old tokens on every node's ring, n4 gone from every ring, n5's own storage holding
   every key it replicates, and nothing lost or not found.
 - `test_removenode_refusals_and_idempotence`: removenode of a node that is up is refused (400
-  `change_in_progress`), as are those of an unknown node and of the node asked itself (4xx, naming it), with
+  `change_in_progress`), as are those of an unknown node (400 `unknown_node`) and of the node asked itself (400
+  `invalid_node`), naming it, with
   no operation started; while a (slowed) removal of n4 runs, a second POST on n1 answers the same running
   operation (200); once it is done, removing n4 again is refused (4xx).
 - `test_the_others_keep_holding_a_removed_node_down` and `test_no_other_change_starts_while_a_removal_runs`:
@@ -343,6 +344,8 @@ def test_removenode_refusals_and_idempotence(tmp_path: Path) -> None:
             assert 400 <= status < 500 and isinstance(refused, dict) and refused.get("error"), (target, status,
                                                                                                   refused)
             assert target in refused.get("message", "") or "itself" in refused.get("message", ""), refused
+            # a stable code that says what is wrong (not "a change is in progress": waiting would not help)
+            assert refused["error"] == {"n9": "unknown_node", "n1": "invalid_node"}[target], refused
         assert removals(n1) == [], removals(n1)
         assert all(admin(n, "/admin/v1/node")["mode"] == "normal" for n in cluster.nodes)
         ring = ring_of(n1)

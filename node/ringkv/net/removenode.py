@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ringkv.cluster import topology
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Status
-from ringkv.errors import RingkvError
+from ringkv.errors import RequestError, RingkvError
 from ringkv.net import join
 from ringkv.net.decommission import ChangeInProgressError
 from ringkv.net.operations import Operation
@@ -42,9 +42,9 @@ PULL_TIMEOUT_S = 3600.0
 
 def check(node: ClusterNode, target: NodeId) -> None:
     if target == node.node_id:
-        raise ChangeInProgressError("a node cannot remove itself: decommission it instead")
+        raise RequestError("invalid_node", "a node cannot remove itself: decommission it instead")
     if target not in node.coordinator.ring and not _dead_joiner(node, target):
-        raise ChangeInProgressError(f"{target} is not in the ring")
+        raise RequestError("unknown_node", f"{target} is not in the ring")
     if node.gossiper.is_up(target):
         raise ChangeInProgressError(f"{target} is up: decommission it, or stop it before removing it")
     if node.mode != "normal":
