@@ -33,6 +33,7 @@ rate); every HTTP call has a timeout and goes to 127.0.0.1.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -58,6 +59,7 @@ from tests.integration.topology_helpers import (
     Load,
     exit_code,
     final_progress,
+    identity_file,
     local_values,
     log_lines,
     post_json,
@@ -471,3 +473,43 @@ def test_hints_for_a_decommissioned_node_reach_its_successors(tmp_path: Path, de
             held = local_values(node, base)
             bad = sorted(k for k, v in held.items() if v != [{"key": k, "pad": "b" * 1000}])
             assert not bad, f"{node.node_id} lacks {len(bad)} of the {len(base)} keys n4 held before, e.g. {bad[:4]}"
+
+
+def test_a_decommissioned_node_restarted_on_its_volume_stays_out_until_wiped(tmp_path: Path) -> None:
+    """A kubelet restarts a container that exited, on the same volume. A node that decommissioned must not take
+    that for a first start (it persisted no tokens) and join again as a new member: it stays `left`, serves
+    nothing, says how to rejoin. Wiped, it joins as a new member. (Before `left` was kept in node.json, the
+    restart joined and streamed the data back.)"""
+    with running_cluster(tmp_path, 4, extra_args=AAE_OFF) as cluster:
+        n4, staying = cluster.node("n4"), [cluster.node(f"n{i}") for i in range(1, 4)]
+        keys = [f"left-{i:04d}" for i in range(200)]
+        answers = put_all([(cluster.nodes[i % 4], k, value(k, 0)) for i, k in enumerate(keys)], w=3)
+        assert all(s == 200 for s, _ in answers), Counter(s for s, _ in answers)
+        d = watch_decommission(n4, start_decommission(n4), staying)
+        assert d.exit_code == 0, d.summary()
+        assert identity_file(n4)["left"] is True and identity_file(n4)["tokens"] == []
+
+        cluster.start(n4)  # the same data directory, as a restarted container
+        wait_until(lambda: http_json(n4.url + "/health")[0] == 200, 30, "n4 answers /health again")
+        state = admin(n4, "/admin/v1/node")
+        assert (state["mode"], state["ready"]) == ("left", False), state
+        status, doc = http_json(n4.url + "/ready")
+        assert status == 503 and doc["error"] == "not_ready" and "wipe" in doc["message"], (status, doc)
+        assert log_lines(n4, "stays out of the ring"), log_lines(n4, "WARNING")[-5:]
+        assert rings_settled(staying), ring_summary(staying)
+        for node in staying:
+            members = {m["node_id"]: m["status"] for m in admin(node, "/admin/v1/members")["members"]}
+            assert members.get("n4") == "left", (node.node_id, members)
+
+        cluster.stop(n4)
+        for entry in Path(n4.data_dir).iterdir():  # wiped (the log aside)
+            if entry.name != "node.log":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        cluster.start(n4)
+        wait_until(lambda: (http_json(n4.url + "/admin/v1/node")[1] or {}).get("mode") == "normal", 60,
+                   "the wiped n4 joins again",
+                   observe=lambda: log_lines(n4, "WARNING")[-5:])
+        wait_until(lambda: rings_settled([*staying, n4]), SETTLED_TIMEOUT_S, "every ring holds n1-n4 again",
+                   observe=lambda: ring_summary([*staying, n4]))
+        got = read_all(n4, keys, r=3)
+        assert all(status == 200 for status, _ in got.values()), Counter(s for s, _ in got.values())

@@ -5,8 +5,9 @@ These read local state only (no quorum) and are meant for operators, the Kuberne
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -17,6 +18,9 @@ from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
 from ringkv.net import cleanup, decommission, drain, removenode
 from ringkv.net.operations import DONE, Operation
+
+if TYPE_CHECKING:
+    from ringkv.net.node import ClusterNode
 
 admin_routes = web.RouteTableDef()
 
@@ -68,8 +72,8 @@ def ring_views(node: Any) -> dict[str, str]:
 
 @admin_routes.get("/admin/v1/node")
 async def node_state(request: web.Request) -> web.Response:
-    """This node: its mode (starting, joining, normal, leaving, stopping), identity, view of the ring and
-    whether every live member shares it, and the ranges it is streaming in."""
+    """This node: its mode (starting, joining, normal, leaving, left, drained, stopping), identity, view of the
+    ring and whether every live member shares it, the ranges it is streaming in, and its storage usage."""
     node = request.app[keys.NODE]
     views = ring_views(node)
     return json_response({
@@ -77,7 +81,16 @@ async def node_state(request: web.Request) -> web.Response:
         "ring": node.coordinator.ring_digest, "view": node.view_digest,
         "agreed": len(set(views.values())) <= 1, "views": views,
         "streaming": [p.to_json() for p in node.join_progress],
+        "storage": storage_usage(node),
     })
+
+
+def storage_usage(node: ClusterNode) -> dict[str, int]:
+    """What this node's data takes and what its volume has left (for a capacity check before shrinking)."""
+    engine = node.engine.engine
+    disk = shutil.disk_usage(node.config.data_dir)
+    return {"sstable_bytes": engine.table_bytes, "memtable_bytes": engine.memtable_bytes,
+            "disk_total_bytes": disk.total, "disk_free_bytes": disk.free}
 
 
 @admin_routes.get("/admin/v1/members")

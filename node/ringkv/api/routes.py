@@ -78,6 +78,9 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
+    if state.storage_open and request.app[keys.NODE].mode == "left":
+        return error_response(503, "not_ready", "this node has decommissioned and left the ring; wipe its data "
+                              "directory to start it as a new member")
     if state.stopping or not state.storage_open or not request.app[keys.NODE].ready:
         return error_response(503, "not_ready", "shutting down" if state.stopping else "storage not open")
     return json_response({"status": "ready", "node_id": state.node_id})

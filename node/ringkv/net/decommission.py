@@ -10,8 +10,9 @@
    exchange that merges what differs both ways).
 3. **Left.** Hints it still holds are delivered or handed to a live peer (still for their target); it announces
    `left` with no tokens (its tokens leave every node's ring; hints others hold for it go to the key's
-   replicas instead, `coordinator`), keeps gossiping a few rounds so every node hears it, persists no tokens
-   (a restart would join as a new member), and stops.
+   replicas instead, `coordinator`), keeps gossiping a few rounds so every node hears it, persists no tokens and
+   `left` (a restart on the same volume stays out of the ring, `identity`; wipe it to join as a new member), and
+   stops.
 
 Progress (the operation's `progress`): phase, ranges total and done, keys and bytes pushed, keys repaired by
 verification. Refused (`change_in_progress`) while another topology change is in flight, or when the node is
@@ -85,7 +86,8 @@ async def run(node: ClusterNode, op: Operation, exit_when_done: bool = True) -> 
     op.progress["phase"] = "handing off hints"
     await _hand_off_hints(node)
     op.progress["phase"] = "left"
-    await node.persist_identity(tokens=())  # first: killed after gossip carried `left`, we restart as new
+    # First: killed after gossip carried `left`, a restart on this volume must not join again as a new member.
+    await node.persist_identity(tokens=(), left=True)
     node.membership.update_local(status=Status.LEFT, tokens=())
     node.rebuild_ring()
     node.coordinator.accepting = False

@@ -6,7 +6,8 @@ Format 2 (JSON; replaced atomically: temporary file, fsync, rename, directory fs
      "running": bool, "durability": "sync" | "batch" | "off" (of the run that wrote it),
      "peers": [member state, as gossip's MemberState.to_wire, ...],
      "data_seq": int (optional, 0 if absent: the storage engine's last sequence number when last saved),
-     "joining": bool (optional: tokens taken but the join's streaming not finished; a restart resumes it)}
+     "joining": bool (optional: tokens taken but the join's streaming not finished; a restart resumes it),
+     "left": bool (optional: the node decommissioned; a restart on this directory stays out of the ring)}
 
 Format 1 (before incarnations: `{"node_id", "tokens"}`) still loads; it has no incarnation, so the node takes
 one. An unreadable file is an error (the node refuses to start rather than guess who it is).
@@ -25,6 +26,9 @@ The rules (`decide`, pure):
   a node whose clock went backwards still starts a newer generation than its peers remember.
 - `running` is set before the node serves and cleared after its storage is closed: an unclean stop leaves
   it set.
+- `left` is set by a decommission before it announces `left`, and kept: a node started again on that directory
+  (a container restarted by its kubelet) stays out of the ring, serving nothing, until the directory is wiped.
+  Without it, the restart would find no tokens and join as a new member, streaming the data back.
 - `peers` is the last ring this node saw (the members with tokens); a restarted node gossips to them as well
   as to its seeds and places keys on that ring until it hears a fresher one.
 """
@@ -61,13 +65,14 @@ class Identity:
     durability: str = "sync"
     data_seq: int = 0
     joining: bool = False  # tokens taken, data not streamed yet: a restart resumes the join
+    left: bool = False  # decommissioned: this data directory no longer belongs to a member of the ring
 
     def to_json(self) -> bytes:
         return json.dumps({
             "format": FORMAT, "node_id": self.node_id, "incarnation": self.incarnation,
             "tokens": list(self.tokens), "generation": self.generation, "running": self.running,
             "durability": self.durability, "data_seq": self.data_seq, "joining": self.joining,
-            "peers": [dict(p) for p in self.peers],
+            "left": self.left, "peers": [dict(p) for p in self.peers],
         }, sort_keys=True).encode()
 
     def with_(self, **changes: Any) -> Identity:
@@ -106,12 +111,13 @@ def decide(saved: Mapping[str, Any] | None, node_id: str, durability: str, now_m
     peers = tuple(p for p in (saved or {}).get("peers") or () if isinstance(p, dict)) if same_node else ()
     generation = max(int((saved or {}).get("generation") or 0) + 1, now_ms) if same_node else now_ms
     joining = bool((saved or {}).get("joining")) if same_node else False
+    left = bool((saved or {}).get("left")) if same_node else False
     if reason:
         identity = Identity(node_id, fresh_incarnation, tokens, generation, True, peers, durability, data_seq,
-                            joining)
+                            joining, left)
         return Decision(identity, True, reason)
     identity = Identity(node_id, str((saved or {})["incarnation"]), tokens, generation, True, peers, durability,
-                        data_seq, joining)
+                        data_seq, joining, left)
     return Decision(identity, False, "the previous run stopped cleanly" if not (saved or {}).get("running")
                     else "the previous run's durability was sync")
 

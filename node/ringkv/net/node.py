@@ -13,6 +13,8 @@ Start-up:
    fails). A restarted node that has a remembered ring stops waiting after `ring_wait_s` (a whole-cluster
    restart under OrderedReady would otherwise wait for peers that only start after it): quorums are never
    lowered, so on that ring it answers 503 rather than acknowledge alone. A first start keeps waiting.
+   A node that decommissioned (`left` in node.json) stops here: it stays out of the ring and serves nothing
+   until its data directory is wiped (a kubelet restarting its container must not make it rejoin).
 4. Announce `normal`, deliver hints, take traffic. A first start into a ring that has members instead joins
    with data in the background (`net/join.py`: turn, tokens, stream, verify), HTTP up meanwhile.
 
@@ -191,6 +193,9 @@ class ClusterNode:
         aae = self.antientropy
         self.streamer = Streamer(self.replica, self.coordinator.call,
                                  RateLimiter(cfg.stream_mb_s * 1024 * 1024 if cfg.stream_mb_s > 0 else None))
+        if self.identity.left:
+            self._stay_left()
+            return
         self.server = TransportServer(cfg.cluster_name, self.node_id, {
             "gossip": self.gossiper.handle,
             "coordinate": self.coordinator.handle_coordinate,
@@ -237,6 +242,14 @@ class ClusterNode:
         else:
             await self._await_ring(bool(remembered))
         await self.serve(tokens)
+
+    def _stay_left(self) -> None:
+        """Started on the volume of a node that decommissioned: no gossip, no internode port, no requests;
+        `/health` answers, `/ready` does not, `/admin/v1/node` says `left`."""
+        self.membership.update_local(status=Status.LEFT, tokens=())
+        self.mode = "left"
+        log.warning("node %s decommissioned earlier: it stays out of the ring and serves nothing; wipe its data "
+                    "directory (%s) to start it as a new member", self.node_id, self.config.data_dir)
 
     def turn_normal(self, tokens: list[int], replaced: NodeId | None) -> None:
         if replaced is not None and replaced in self.membership.members:

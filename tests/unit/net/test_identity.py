@@ -49,6 +49,15 @@ def test_tokens_and_the_remembered_ring_belong_to_the_same_node_only() -> None:
     assert (other.tokens, other.peers) == ((), ())
 
 
+def test_a_decommissioned_directory_stays_left_for_its_node_only(tmp_path: Path) -> None:
+    assert identity.decide(saved(tokens=[], left=True), "n1", "sync", NOW, "x").identity.left
+    assert not identity.decide(saved(), "n1", "sync", NOW, "x").identity.left  # older files have no `left`
+    assert not identity.decide(saved(node_id="n9", left=True), "n1", "sync", NOW, "x").identity.left
+    path = str(tmp_path / "node.json")
+    identity.save(path, Identity("n1", "abcd", (), 1, False, (), "sync", left=True))
+    assert identity.decide(identity.load(path), "n1", "sync", NOW, "x").identity.left
+
+
 @given(stored=st.integers(0, 2**50), now=st.integers(0, 2**50))
 def test_the_generation_always_moves_past_the_stored_one(stored: int, now: int) -> None:
     # Defect 8: the generation was the wall clock alone; a node restarted with its clock behind was ignored.
