@@ -405,8 +405,9 @@ def test_crd_names_scope_and_subresources(crd: dict[str, Any]) -> None:
                   "labelSelectorPath": ".status.selector"},
     }
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Ready": ".status.readyReplicas", "Replicas": ".spec.replicas",
-                       "RF": ".spec.replicationFactor", "Phase": ".status.phase", "Age": ".metadata.creationTimestamp"}
+    assert columns == {"Size": ".status.size", "Wanted": ".spec.replicas", "Ready": ".status.readyReplicas",
+                       "RF": ".spec.replicationFactor", "Phase": ".status.phase",
+                       "Operation": ".status.operation.summary", "Age": ".metadata.creationTimestamp"}
 
 
 def test_crd_has_the_fields_of_the_issue(kvcluster_schema: dict[str, Any]) -> None:
@@ -477,7 +478,9 @@ def test_invalid_kvclusters_are_rejected_by_the_schema(kvcluster_schema: dict[st
 
 
 @pytest.mark.parametrize(("spec", "complaint"), [
-    ({"replicas": 2}, "replicationFactor must not exceed replicas"),  # RF defaults to 3
+    ({"replicas": 2}, "spec.replicas cannot go below spec.replicationFactor (N): each key is stored on that many "
+                      "distinct nodes; keep spec.replicas at N or more (a smaller cluster needs a new KVCluster with "
+                      "a smaller replicationFactor, and the data moved to it)"),  # RF defaults to 3
     ({"replicas": 5, "replicationFactor": 5, "readQuorum": 6}, "readQuorum must not exceed replicationFactor"),
     ({"replicas": 3, "replicationFactor": 1}, "readQuorum must not exceed replicationFactor"),  # R defaults to 2
     ({"replicas": 3, "writeQuorum": 4}, "writeQuorum must not exceed replicationFactor"),
@@ -495,9 +498,8 @@ def test_transition_rules_keep_rf_and_storage_fixed(kvcluster_schema: dict[str, 
                       old) == []
     errors = cel_errors(kvcluster_schema, kvcluster(replicas=5, replicationFactor=5,
                                                     storage={"size": "20Gi", "storageClassName": "hdd"}), old)
-    assert errors == ["replicationFactor cannot be changed after creation",
-                      "storage.size cannot be changed after creation",
-                      "storage.storageClassName cannot be changed after creation"]
+    assert [e.split(" is immutable")[0] for e in errors] == [
+        "spec.replicationFactor", "spec.storage.storageClassName", "spec.storage.size"]  # the messages: test_crd_rules
 
 
 # -- manifests/ ------------------------------------------------------------------------------------------------
