@@ -1,14 +1,19 @@
 """The kopf handlers of KVClusters: `kopf run -m ringkv_operator.handlers --all-namespaces --standalone
 --liveness=http://0.0.0.0:8080/healthz` (the chart's Deployment).
 
-Every handler is the same short procedure, idempotent and driven by what it observes, so creation, a spec
-change, an operator restart (resume) and the periodic resync (timer) all converge on the same state:
+Every KVCluster has a daemon that runs the same pass again and again (every second while a node is being added
+or removed, every RESYNC_SECONDS otherwise); creation, a spec change and an operator restart run it at once.
+One pass at a time per cluster (a lock). A pass is idempotent and driven by what it observes:
 
-    1. parse the spec (a spec that cannot be built: phase Failed, nothing touched);
-    2. read the cluster's live StatefulSets and decide the shape (a size change is refused, `plan.decide`);
-    3. create or patch the ConfigMap, the Services, the PodDisruptionBudget, then the StatefulSets in rollout
-       order (`plan.rollout`);
-    4. read the pods and ask one ready node for the ring's members; write the status (`status.compute`).
+    1. read the KVCluster afresh (its status holds the operation in flight) and parse its spec (a spec that
+       cannot be built: phase Failed, nothing touched);
+    2. read the StatefulSets, pods and volume claims; when the size moves (or drifted), ask every node how it
+       sees itself and the ring (`nodeapi.observe`);
+    3. let the scaling policy decide (`scaling.step`), write the status it returns (the operation, the sizes
+       stood by), and only then do what it asks: POST a decommission, mark or delete a claim;
+    4. create or patch the ConfigMap, the Services, the PodDisruptionBudget, then the StatefulSets: their sizes
+       as the policy says, their templates in rollout order (`plan.rollout`) when no size change is under way;
+    5. write the rest of the status (`status.compute`) and the events of the pass.
 
 Deletion removes what the cluster owns (Kubernetes' garbage collector would too) and, with
 spec.storage.deletionPolicy Delete, the nodes' PersistentVolumeClaims.
@@ -16,6 +21,8 @@ spec.storage.deletionPolicy Delete, the nodes' PersistentVolumeClaims.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
 import logging
 import os
@@ -26,7 +33,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from ringkv_operator import kube, nodeapi, plan, resources, status
+from ringkv_operator import kube, nodeapi, placement, plan, resources, scaling, status
 from ringkv_operator import settings as operator_settings
 from ringkv_operator import spec as specmod
 
@@ -88,25 +95,40 @@ def reconciler_probe(**_: Any) -> dict[str, float]:
 
 # -- KVClusters --------------------------------------------------------------------------------------------------
 
+FAST_SECONDS = 1.0  # between passes while the size moves
+_locks: dict[str, asyncio.Lock] = {}
+
+
+def _lock(body: kopf.Body) -> asyncio.Lock:
+    return _locks.setdefault(str(body.metadata.get("uid") or body.metadata.get("name")), asyncio.Lock())
+
 
 @kopf.on.create(*KVCLUSTERS)
 @kopf.on.update(*KVCLUSTERS)
 @kopf.on.resume(*KVCLUSTERS)
-async def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
-                              **_: Any) -> None:
-    await reconcile(body, patch, memo, logger)
+async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    async with _lock(body):
+        await reconcile(body, memo, logger)
 
 
-@kopf.timer(*KVCLUSTERS, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    # Deletion stops the timer while its delete handler runs: a pass in flight must not build anything again.
-    stopped = kwargs.get("stopped")  # kopf.DaemonStopped, true once kopf asks the timer to stop
-
-    def stopping() -> bool:
-        return bool(stopped) or bool(body.metadata.get("deletionTimestamp"))
-
-    if not stopping():
-        await reconcile(body, patch, memo, logger, stopping)
+@kopf.daemon(*KVCLUSTERS, initial_delay=FAST_SECONDS, cancellation_timeout=30.0)
+async def run_cluster(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
+                      **_: Any) -> None:
+    """The cluster's loop: a pass, then a pause (short while the size moves)."""
+    while not stopped:
+        delay = SETTINGS.resync_seconds
+        if not body.metadata.get("deletionTimestamp"):
+            try:
+                async with _lock(body):
+                    delay = await reconcile(body, memo, logger, lambda: bool(stopped))
+            except kopf.TemporaryError as e:
+                logger.warning("%s", e)
+                delay = min(SETTINGS.resync_seconds, RETRY_SECONDS)
+            except Exception:
+                logger.exception("reconcile pass failed")
+                delay = RETRY_SECONDS
+        await stopped.wait(delay)
+    _locks.pop(str(body.metadata.get("uid") or body.metadata.get("name")), None)
 
 
 @kopf.on.delete(*KVCLUSTERS)
@@ -135,77 +157,175 @@ class _Stopping(Exception):
     """The KVCluster is being deleted: the pass ends without writing anything more."""
 
 
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
-                    stopping: Callable[[], bool] = lambda: False) -> None:
-    previous: Mapping[str, Any] = dict(body.get("status") or {})
-    raw = {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                    stopping: Callable[[], bool] = lambda: False) -> float:
+    """One pass; the seconds until the next one."""
+    api = _api(memo)
+    name, namespace = str(body.metadata.get("name")), str(body.metadata.get("namespace"))
     try:
-        cluster = specmod.parse(raw)
+        fresh = await api.get(kube.KVCLUSTER, namespace, name)
+    except (kube.ApiError, aiohttp.ClientError, TimeoutError) as e:
+        raise kopf.TemporaryError(f"reading the KVCluster failed, will retry: {e}", delay=RETRY_SECONDS) from e
+    if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp") or stopping():
+        return SETTINGS.resync_seconds
+    previous: Mapping[str, Any] = dict(fresh.get("status") or {})
+    try:
+        cluster = specmod.parse(fresh)
     except specmod.SpecError as e:
-        failed = status.failed(str(e), previous, body.metadata.get("generation"), _now())
-        if status.changed(failed, previous):  # logged (and so posted as an event) once, not every resync
+        failed = status.failed(str(e), previous, (fresh.get("metadata") or {}).get("generation"), _now())
+        if status.changed(failed, previous):  # logged (and so posted as an event) once, not every pass
             logger.error("KVCluster cannot be built: %s", e)
-        _write_status(patch, failed, previous)
-        return
+            await api.patch_status(kube.KVCLUSTER, namespace, name, failed)
+        return SETTINGS.resync_seconds
     try:
-        new = await _reconcile(cluster, previous, memo, stopping)
+        new, step = await _reconcile(cluster, body, previous, memo, logger, stopping)
     except _Stopping:
         logger.debug("reconcile pass abandoned: the KVCluster is being deleted")
-        return
+        return SETTINGS.resync_seconds
     except (kube.ApiError, aiohttp.ClientError, TimeoutError) as e:
         raise kopf.TemporaryError(f"reconcile failed, will retry: {e}", delay=RETRY_SECONDS) from e
     refusal = status.newly_true(new, previous, "ScalingRefused")
     if refusal is not None:  # once, when it starts; the condition stays while it lasts
         logger.info("size change refused: %s", refusal)
-        kopf.warn(body, reason="ScalingRefused", message=refusal)
-    _write_status(patch, new, previous)
+        kopf.event(body, type="Warning", reason="ScalingRefused", message=refusal)
+    if status.changed(new, previous):
+        await api.patch_status(kube.KVCLUSTER, namespace, name, new)
     _health["last_reconcile"] = time.time()
+    moving = step.operation is not None or step.target is not None
+    return FAST_SECONDS if moving else SETTINGS.resync_seconds
 
 
-async def _reconcile(cluster: specmod.ClusterSpec, previous: Mapping[str, Any], memo: kopf.Memo,
-                     stopping: Callable[[], bool]) -> dict[str, Any]:
+def _claims(name: str, claims: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    out = {}
+    for claim in plan.volume_claims(name, claims):
+        meta = claim.get("metadata") or {}
+        notes = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
+        if meta.get("deletionTimestamp"):
+            notes[scaling.TERMINATING] = str(meta["deletionTimestamp"])
+        out[str(meta["name"])] = notes
+    return out
+
+
+def _rack_of(live_sets: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {str(s["metadata"]["name"]): (s["metadata"].get("labels") or {}).get(plan.RACK_LABEL) for s in live_sets}
+
+
+async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Mapping[str, Any],
+                     memo: kopf.Memo, logger: kopf.Logger,
+                     stopping: Callable[[], bool]) -> tuple[dict[str, Any], scaling.Step]:
     async def ensure(desired: Mapping[str, Any], live: Mapping[str, Any] | None = None,
                      fetched: bool = False) -> None:
         if stopping():
             raise _Stopping
         await api.ensure(desired, live, fetched)
 
-    api, namespace = _api(memo), cluster.namespace
+    api, http, namespace = _api(memo), _http(memo), cluster.namespace
     pod_labels = resources.selector_labels(cluster)
-    live_sets = [s for s in await api.list(kube.STATEFULSET, namespace, pod_labels)
-                 if _owned_by(s, cluster)]
-    decision = plan.decide(cluster, live_sets)
+    live_sets = [s for s in await api.list(kube.STATEFULSET, namespace, pod_labels) if _owned_by(s, cluster)]
+    live = {str(s["metadata"]["name"]): int((s.get("spec") or {}).get("replicas", 1)) for s in live_sets}
+    pods = sorted(await api.list(kube.POD, namespace, pod_labels), key=lambda p: str(p["metadata"]["name"]))
+    running = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    claims = _claims(cluster.name, await api.list(kube.PVC, namespace, resources.claim_labels(cluster.name)))
+    recorded = previous.get("statefulSets")
+    committed = dict(recorded) if isinstance(recorded, dict) else scaling.initial_committed(cluster, live)
+    placed = previous.get("placement") if isinstance(previous.get("placement"), dict) else None
+    rack_of = _rack_of(live_sets)
+    operation = previous.get("operation") if isinstance(previous.get("operation"), dict) else None
+    target = previous.get("target") if isinstance(previous.get("target"), dict) else None
 
-    wanted_sets = resources.statefulsets(cluster, decision.shape, SETTINGS)
-    for obj in resources.all_objects(cluster, decision.shape, SETTINGS):
+    # what the StatefulSets would be at the committed sizes: does the spec change their template?
+    sized = dataclasses.replace(cluster, replicas=max(1, sum(committed.values()) or cluster.replicas))
+    current = resources.statefulsets(sized, scaling.shape_of(cluster, committed, rack_of), SETTINGS)
+    by_name = {str(s["metadata"]["name"]): s for s in live_sets}
+    template_changed = any(plan.patch_for(d, by_name.get(d["metadata"]["name"])) is not None for d in current)
+
+    wanted = scaling.wanted_sizes(cluster)
+    nodes: dict[str, scaling.NodeView] = {}
+    if operation or committed != wanted or any(live.get(n, 0) > committed.get(n, 0) for n in live):
+        urls = nodeapi.node_urls(SETTINGS.node_url_template, running, resources.peer_service_name(cluster.name))
+        leaving = frozenset({str(operation["node"])} if operation and operation.get("kind") == scaling.SCALE_DOWN
+                            else ())
+        nodes = await nodeapi.observe(http, {str(p["metadata"]["name"]): u for p, u in zip(running, urls,
+                                                                                            strict=True)},
+                                      SETTINGS.http_timeout_seconds, leaving)
+    step = scaling.step(scaling.Inputs(
+        cluster, committed, live, {str(p["metadata"]["name"]): plan.pod_ready(p) for p in running}, claims,
+        operation, nodes, _now(), template_changed, target, placement.violation(placed, cluster), rack_of))
+
+    # The operation and the sizes stood by are written before anything they lead to is done.
+    scale_status = {"statefulSets": step.committed, "size": sum(step.committed.values()),
+                    "operation": step.operation, "target": step.target,
+                    "placement": placement.record(cluster, placed, {r for r in rack_of.values() if r})}
+    if step.finished is not None:
+        scale_status["lastOperation"] = step.finished
+    if any(previous.get(k) != v for k, v in scale_status.items()):
+        if stopping():
+            raise _Stopping
+        await api.patch_status(kube.KVCLUSTER, namespace, cluster.name, scale_status)
+    for event in step.events:
+        logger.info("%s: %s", event.reason, event.message)
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    await _act(step, cluster, running, memo, logger)
+
+    shape = scaling.shape_of(cluster, step.replicas, rack_of)
+    built = dataclasses.replace(cluster, replicas=max(1, sum(step.committed.values()) or cluster.replicas))
+    wanted_sets = resources.statefulsets(built, shape, SETTINGS)
+    for obj in resources.all_objects(built, shape, SETTINGS):
         if obj["kind"] != "StatefulSet":
             await ensure(obj)
-    live_by_name = {s["metadata"]["name"]: s for s in live_sets}
-    pairs = [(s, live_by_name.get(s["metadata"]["name"])) for s in wanted_sets]
-    pods = sorted(await api.list(kube.POD, namespace, pod_labels), key=lambda p: str(p["metadata"]["name"]))
-    go = plan.rollout(pairs, pods)
-    for desired, live in pairs:
-        if desired["metadata"]["name"] in go:
-            await ensure(desired, live, fetched=True)
-    pending = [d["metadata"]["name"] for d, live in pairs
-               if d["metadata"]["name"] not in go and plan.patch_for(d, live) is not None]
+    pairs = [(s, by_name.get(s["metadata"]["name"])) for s in wanted_sets]
+    go = plan.rollout(pairs, pods) if step.rollout_allowed else [d["metadata"]["name"] for d, lv in pairs
+                                                                   if lv is None]
+    for desired, current_sts in pairs:
+        sts_name = desired["metadata"]["name"]
+        if sts_name in go:
+            await ensure(desired, current_sts, fetched=True)
+        elif current_sts is not None and live.get(sts_name) != step.replicas.get(sts_name):
+            if stopping():
+                raise _Stopping
+            await api.patch(kube.STATEFULSET, namespace, sts_name, {"spec": {"replicas": step.replicas[sts_name]}})
+            logger.info("StatefulSet %s: %d -> %d replicas", sts_name, live.get(sts_name), step.replicas[sts_name])
+    pending = [d["metadata"]["name"] for d, lv in pairs
+               if d["metadata"]["name"] not in go and plan.patch_for(d, lv) is not None]
 
-    ready = [p for p in pods if plan.pod_ready(p)]
+    ready = [p for p in running if plan.pod_ready(p)]
     urls = nodeapi.node_urls(SETTINGS.node_url_template, ready, resources.peer_service_name(cluster.name))
-    members, error = await nodeapi.members(_http(memo), urls, SETTINGS.http_timeout_seconds)
-    # what the StatefulSets look like now: the status compares their templates with the pods'
-    applied = [desired if live is None or desired["metadata"]["name"] in go else live for desired, live in pairs]
+    members, error = await nodeapi.members(http, urls, SETTINGS.http_timeout_seconds)
+    applied = [desired if lv is None or desired["metadata"]["name"] in go else lv for desired, lv in pairs]
     observed = status.Observed(statefulsets=applied, pods=pods, members=members, members_error=error,
-                               pending_rollout=pending)
-    return status.compute(cluster, decision, observed, previous, _now())
+                               pending_rollout=pending, step=step)
+    decision = plan.Decision(scaling.shape_of(cluster, step.committed, rack_of))
+    new = status.compute(cluster, decision, observed, {**previous, **scale_status}, _now())
+    new["placement"] = scale_status["placement"]
+    return new, step
+
+
+async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[dict[str, Any]], memo: kopf.Memo,
+               logger: kopf.Logger) -> None:
+    api, http, namespace = _api(memo), _http(memo), cluster.namespace
+    for action in step.actions:
+        if action.kind == "decommission":
+            pod = next((p for p in running if p["metadata"]["name"] == action.name), None)
+            if pod is None:
+                continue
+            [url] = nodeapi.node_urls(SETTINGS.node_url_template, [pod], resources.peer_service_name(cluster.name))
+            code, answer = await nodeapi.decommission(http, url, SETTINGS.http_timeout_seconds)
+            if code in (200, 202):
+                logger.info("decommission of %s: %s", action.name, (answer or {}).get("id"))
+            else:
+                logger.warning("decommission of %s refused (%s): %s", action.name, code, answer)
+        elif action.kind == "mark_claim":
+            await api.patch(kube.PVC, namespace, action.name,
+                            {"metadata": {"annotations": {scaling.DECOMMISSIONED_ANNOTATION: _now()}}})
+            logger.info("PersistentVolumeClaim %s marked decommissioned", action.name)
+        elif action.kind == "delete_claim":
+            await api.delete(kube.PVC, namespace, action.name)
+            logger.info("deleted PersistentVolumeClaim %s", action.name)
+        elif action.kind == "delete_statefulset":
+            await api.delete(kube.STATEFULSET, namespace, action.name)
+            logger.info("deleted StatefulSet %s (its rack left the spec)", action.name)
 
 
 def _owned_by(obj: Mapping[str, Any], cluster: specmod.ClusterSpec) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("kind") == specmod.KIND and r.get("name") == cluster.name for r in refs)
-
-
-def _write_status(patch: kopf.Patch, new: Mapping[str, Any], previous: Mapping[str, Any]) -> None:
-    if status.changed(new, previous):
-        for key, value in new.items():
-            patch.status[key] = value

@@ -47,6 +47,7 @@ POD = Kind("v1", "pods")
 PVC = Kind("v1", "persistentvolumeclaims")
 STATEFULSET = Kind("apps/v1", "statefulsets")
 PDB = Kind("policy/v1", "poddisruptionbudgets")
+KVCLUSTER = Kind("ringkv.io/v1alpha1", "kvclusters")
 KINDS = {"ConfigMap": CONFIG_MAP, "Service": SERVICE, "Pod": POD, "PersistentVolumeClaim": PVC,
          "StatefulSet": STATEFULSET, "PodDisruptionBudget": PDB}
 
@@ -126,6 +127,12 @@ class Api:
 
     async def patch(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         patched: dict[str, Any] = await self._request("PATCH", kind.path(namespace, name), dict(patch), MERGE_PATCH)
+        return patched
+
+    async def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch of the status subresource (keys set to None are removed)."""
+        patched: dict[str, Any] = await self._request("PATCH", kind.path(namespace, name) + "/status",
+                                                      {"status": dict(status)}, MERGE_PATCH)
         return patched
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> bool:

@@ -1,15 +1,18 @@
 """The operator as a client of the nodes' HTTP API (the only way it learns about the ring: it never imports the
-node's code). Read-only for now: `GET /admin/v1/members` of one ready node.
+node's code): `GET /admin/v1/members` of one ready node for the status; every node's own `/admin/v1/node`,
+`/admin/v1/members` and operations for the scaling policy (`observe`); `POST /admin/v1/decommission`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
 from ringkv_operator import resources, settings
+from ringkv_operator.scaling import NodeView
 
 
 def pod_port(pod: Mapping[str, Any], port_name: str = "http", default: int = resources.HTTP_PORT) -> int:
@@ -52,3 +55,56 @@ async def members(session: aiohttp.ClientSession, urls: Sequence[str],
             return [m for m in found if isinstance(m, dict)], ""
         errors.append(f"{url}: no members in the answer")
     return None, "; ".join(errors[:3]) or "no ready node to ask"
+
+
+async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        if response.status != 200:
+            raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+        return await response.json()
+
+
+async def node_view(session: aiohttp.ClientSession, pod: str, url: str, timeout_s: float,
+                    operations: bool = False) -> NodeView:
+    """How the node describes itself; unreachable (or an answer that is not one) gives `reachable=False`."""
+    base = url.rstrip("/")
+    try:
+        calls = [_get(session, base + "/admin/v1/node", timeout_s), _get(session, base + "/admin/v1/members",
+                                                                         timeout_s)]
+        if operations:
+            calls.append(_get(session, base + "/admin/v1/operations", timeout_s))
+        docs = await asyncio.gather(*calls)
+        node, members = docs[0], docs[1]
+        listed = [m for m in members.get("members") or [] if isinstance(m, dict)]
+        decommission = None
+        if operations:
+            mine = [o for o in docs[2].get("operations") or [] if isinstance(o, dict)
+                    and o.get("kind") == "decommission"]
+            decommission = max(mine, key=lambda o: int(o.get("started_ms") or 0)) if mine else None
+        return NodeView(
+            pod, True, str(node.get("mode", "")), str(node.get("view", "")), bool(node.get("agreed")),
+            {str(m.get("node_id")): str(m.get("status")) for m in listed},
+            frozenset(str(m.get("node_id")) for m in listed if m.get("up")),
+            tuple(r for r in node.get("streaming") or [] if isinstance(r, dict)),
+            {k: int(v) for k, v in (node.get("storage") or {}).items() if isinstance(v, int)}, decommission)
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, TypeError):
+        return NodeView(pod)
+
+
+async def observe(session: aiohttp.ClientSession, pods: Mapping[str, str], timeout_s: float,
+                  operations_of: frozenset[str] = frozenset()) -> dict[str, NodeView]:
+    """Every pod's NodeView (pods: name -> admin URL), asked at once."""
+    names = sorted(pods)
+    views = await asyncio.gather(*(node_view(session, p, pods[p], timeout_s, p in operations_of) for p in names))
+    return dict(zip(names, views, strict=True))
+
+
+async def decommission(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[int, Any]:
+    """POST /admin/v1/decommission: (status, body); 202 started, 200 already running, 400 refused."""
+    async with session.post(url.rstrip("/") + "/admin/v1/decommission", json={},
+                            timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        try:
+            body = await response.json()
+        except (aiohttp.ContentTypeError, ValueError):
+            body = None
+        return response.status, body

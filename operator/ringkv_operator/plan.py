@@ -1,11 +1,10 @@
-"""Decisions, pure: what a KVCluster's StatefulSets should look like given what runs, and which objects need a
-patch now. No I/O; the handlers pass the live objects in.
+"""Decisions, pure: the shape of a KVCluster's StatefulSets, and which objects need a patch now. No I/O; the
+handlers pass the live objects in. (Which node to add or remove, and when, is `scaling`'s.)
 
 Shape. The nodes are split over one StatefulSet per rack (node i in rack i mod len(racks), so rack r gets
-len(range(r, replicas, len(racks))) nodes), or a single StatefulSet named like the cluster without racks. The
-shape of a running cluster is read from its live StatefulSets, never from a remembered spec: if the spec asks
-for another size or other racks, the change is refused (scaling needs token reassignment and streaming, which
-do not exist yet) and the running sizes are kept, while every other field still rolls out.
+len(range(r, replicas, len(racks))) nodes), or a single StatefulSet named like the cluster without racks.
+`node_order` is the order nodes are added in; the seeds are those of a two-node cluster of the spec, so they
+do not change with the size.
 
 Rollout. A StatefulSet whose template drifted from the spec is patched only when that costs no extra
 availability: at once if it is already unsettled (a pod is down or updating anyway), else only when every
@@ -18,7 +17,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ringkv_operator import spec as specmod
@@ -48,9 +47,7 @@ class RackSet:
 
 @dataclass(frozen=True)
 class Decision:
-    shape: tuple[RackSet, ...]  # the StatefulSets to build, with the sizes to keep
-    refusal: str | None = None  # why the spec's size is not applied, for the status
-    untouched: tuple[str, ...] = ()  # live StatefulSets of racks the spec dropped: left as they are
+    shape: tuple[RackSet, ...]  # the StatefulSets the cluster stands by, with their sizes (`scaling`)
 
     @property
     def replicas(self) -> int:
@@ -84,47 +81,12 @@ def seed_pods(shape: Sequence[RackSet], count: int = 2) -> list[str]:
     return node_order(shape)[:count]
 
 
-def decide(spec: specmod.ClusterSpec, statefulsets: Sequence[Mapping[str, Any]]) -> Decision:
-    """What to build, from the spec and the cluster's live StatefulSets (those with its labels)."""
-    desired = desired_shape(spec)
-    live = {sts["metadata"]["name"]: int((sts.get("spec") or {}).get("replicas", 1)) for sts in statefulsets}
-    wanted = {r.name: r.replicas for r in desired}
-    if all(wanted.get(name) == size for name, size in live.items()):
-        return Decision(desired)  # a fresh cluster, or the same shape (missing StatefulSets are recreated)
-    racks = {r.name: r for r in desired}
-    by_rack = {rack.name: rack for rack in spec.racks}
-    kept, untouched = [], []
-    for sts in sorted(statefulsets, key=lambda s: str(s["metadata"]["name"])):
-        name = sts["metadata"]["name"]
-        rack = (sts["metadata"].get("labels") or {}).get(RACK_LABEL)
-        if name in racks:
-            kept.append(RackSet(name, live[name], racks[name].rack, racks[name].zone))
-        elif rack is None and not spec.racks and name == spec.name:
-            kept.append(RackSet(name, live[name]))
-        elif rack is not None and rack in by_rack:
-            kept.append(RackSet(name, live[name], rack, by_rack[rack].zone))
-        else:
-            untouched.append(name)
-    running = sum(live.values())
-    refusal = (f"spec asks for {spec.replicas} nodes in {_racks(desired)}, the cluster runs {running} in "
-               f"{_racks_live(live)}; scaling (token reassignment and streaming) is not supported yet, so the "
-               f"running size is kept. Set spec.replicas back to {running}"
-               + (" and the racks as they were" if set(wanted) != set(live) else "") + ".")
-    order = {r.name: i for i, r in enumerate(desired)}
-    kept.sort(key=lambda r: (order.get(r.name, len(order)), r.name))
-    return Decision(tuple(kept), refusal, tuple(untouched))
-
-
-def _racks(shape: Sequence[RackSet]) -> str:
-    if len(shape) == 1 and shape[0].rack is None:
-        return "one StatefulSet"
-    return "racks " + ", ".join(f"{r.rack}={r.replicas}" for r in shape)
-
-
-def _racks_live(live: Mapping[str, int]) -> str:
-    if len(live) == 1:
-        return "one StatefulSet"
-    return "StatefulSets " + ", ".join(f"{name}={size}" for name, size in sorted(live.items()))
+def seeds(spec: specmod.ClusterSpec) -> list[str]:
+    """The seeds every node is given: the first two nodes of the spec at any size (with racks, the first pod of
+    the first two racks), so the pods' template does not change when the size does. A pod that does not exist
+    (yet) is not answered: a cluster's first node waits a few seconds for the second seed, then founds the
+    ring alone."""
+    return seed_pods(desired_shape(replace(spec, replicas=2)))
 
 
 # -- drift ------------------------------------------------------------------------------------------------------

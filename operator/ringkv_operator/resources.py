@@ -105,7 +105,7 @@ def node_settings(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet]) -> d
         "RINGKV_PEER_PORT": str(PEER_PORT),
         "RINGKV_DATA_DIR": DATA_DIR,
         "RINGKV_CLUSTER_NAME": f"{spec.namespace}/{spec.name}",
-        "RINGKV_SEEDS": ",".join(f"{node_address(spec, pod)}:{PEER_PORT}" for pod in plan.seed_pods(shape)),
+        "RINGKV_SEEDS": ",".join(f"{node_address(spec, pod)}:{PEER_PORT}" for pod in plan.seeds(spec)),
         "RINGKV_REPLICATION_FACTOR": str(spec.replication_factor),
         "RINGKV_READ_QUORUM": str(spec.read_quorum),
         "RINGKV_WRITE_QUORUM": str(spec.write_quorum),
@@ -274,7 +274,9 @@ def statefulset(spec: specmod.ClusterSpec, rack_set: plan.RackSet, shape: Sequen
     }
     template = sts["spec"]["template"]
     template["metadata"]["annotations"][plan.TEMPLATE_HASH_ANNOTATION] = config_hash(template)
-    sts["metadata"]["annotations"] = {plan.SPEC_HASH_ANNOTATION: config_hash(sts)}
+    # replicas are left out: the size is the scaling policy's to change, not a drift of the manifest
+    unsized = {**sts, "spec": {k: v for k, v in sts["spec"].items() if k != "replicas"}}
+    sts["metadata"]["annotations"] = {plan.SPEC_HASH_ANNOTATION: config_hash(unsized)}
     return sts
 
 

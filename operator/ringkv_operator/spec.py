@@ -90,8 +90,8 @@ def parse(body: Mapping[str, Any]) -> ClusterSpec:
         raise SpecError("metadata.name and metadata.namespace are required")
     replicas = _int(spec, "replicas", 3, 1, 100)
     rf = _int(spec, "replicationFactor", 3, 1, 15)
-    if rf > replicas:
-        raise SpecError(f"spec.replicationFactor ({rf}) must not exceed spec.replicas ({replicas})")
+    # rf > replicas is not an error here: a running cluster keeps its size and the scaling policy refuses the
+    # change with a condition (`scaling`), a new one is not built
     read_quorum = _int(spec, "readQuorum", min(2, rf), 1, rf)
     write_quorum = _int(spec, "writeQuorum", min(2, rf), 1, rf)
 

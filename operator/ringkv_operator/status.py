@@ -3,13 +3,22 @@
     phase        Creating   until every node has been ready once
                  Running    every node ready, every ring member up
                  Updating   a StatefulSet is rolling a new template over its pods
+                 Scaling    a node is being added or removed (status.operation)
                  Degraded   nodes not ready or members down, with no rollout to explain it
                  Failed     the spec cannot be built (the message says why)
     conditions   Available       True while at least max(readQuorum, writeQuorum) nodes are ready
                  Progressing     True while creating or rolling out
                  Degraded        True when nodes are missing or down outside a rollout
-                 ScalingRefused  True while spec asks for another size (or other racks) than the cluster runs:
-                                 scaling is not supported yet, the running size is kept
+                 Scaling         True while the size moves towards spec (an operation in flight, or the next
+                                 one waiting for the ring to settle)
+                 Rebalancing     True while data moves: a joining node streams in, a leaving one streams out
+                 ScalingRefused  True while the size change spec asks for is refused (the reason says why:
+                                 BelowReplicationFactor, InsufficientCapacity, TwoChangesAtOnce,
+                                 ImmutableFieldChanged); the running size is kept
+    size, statefulSets   the nodes the operator stands by, in all and per StatefulSet (`scaling`)
+    operation            the node being added or removed: kind, node, phase, progress, started, ...
+    lastOperation        the last one that ended, with finished and result
+    target               the per-StatefulSet sizes a size change in progress goes to
 
 Conditions follow metav1.Condition; a condition's lastTransitionTime changes only when its status does.
 """
@@ -20,10 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringkv_operator import plan, resources
+from ringkv_operator import plan, resources, scaling
 from ringkv_operator import spec as specmod
 
-CONDITION_TYPES = ("Available", "Progressing", "Degraded", "ScalingRefused")
+CONDITION_TYPES = ("Available", "Progressing", "Degraded", "Scaling", "Rebalancing", "ScalingRefused")
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,15 @@ class Observed:
     members: Sequence[Mapping[str, Any]] | None = None  # a node's /admin/v1/members "members"; None: no answer
     members_error: str = ""
     pending_rollout: Sequence[str] = field(default_factory=tuple)  # StatefulSets whose new template waits
+    step: scaling.Step | None = None  # the scaling policy's verdict in this pass
 
 
 def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> list[dict[str, Any]]:
     """status.members from /admin/v1/members: node ids are pod names."""
     out = []
     for m in sorted(members, key=lambda m: str(m.get("node_id", ""))):
+        if m.get("status") == "left":
+            continue  # decommissioned or removed: no longer a member, whatever gossip still remembers
         node_id = str(m.get("node_id", ""))
         item: dict[str, Any] = {"nodeId": node_id, "host": str(m.get("host", "")), "status": str(m.get("status", "")),
                                 "up": bool(m.get("up")), "rack": str(m.get("rack", "")),
@@ -68,19 +80,27 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
     """The whole status (every key, so a merge patch replaces it)."""
     pods = [p for p in observed.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     names = {str(p["metadata"]["name"]) for p in pods}
+    step = observed.step
+    op = step.operation if step is not None else None
+    moving = {str(op["node"])} if op else set()  # the node being added or removed is expected to be away
     wanted, ready = decision.replicas, sum(1 for p in pods if plan.pod_ready(p))
+    expected = set(plan.node_order(decision.shape)) - moving
+    not_ready = sorted(expected - {str(p["metadata"]["name"]) for p in pods if plan.pod_ready(p)})
     members = members_summary(observed.members or (), names)
-    down = sorted(m["nodeId"] for m in members if not m["up"] or m["status"] != "normal")
-    absent = sorted(set(plan.node_order(decision.shape)) - {m["nodeId"] for m in members}) \
-        if observed.members is not None else []
+    down = sorted(m["nodeId"] for m in members
+                  if (not m["up"] or m["status"] != "normal") and m["nodeId"] not in moving)
+    absent = sorted(expected - {m["nodeId"] for m in members}) if observed.members is not None else []
     rollout = sorted({str(s["metadata"]["name"]) for s in observed.statefulsets if plan.rolling(s, pods)}
                      | set(observed.pending_rollout))
     previous_phase = previous.get("phase") or "Creating"
-    creating = previous_phase in ("Creating", "Failed") and ready < wanted
-    degraded = not creating and not rollout and (ready < wanted or bool(down) or bool(absent))
+    # A racked cluster is created one node at a time: creating until the first target is reached.
+    creating = previous_phase in ("Creating", "Failed") and (ready < wanted or bool(step and step.target))
+    degraded = not creating and not rollout and (bool(not_ready) or bool(down) or bool(absent))
 
     if creating:
         phase = "Creating"
+    elif op:
+        phase = "Scaling"
     elif rollout:
         phase = "Updating"
     elif degraded:
@@ -95,36 +115,77 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
         condition(before, "Available", available, "QuorumReachable" if available else "TooFewNodesReady",
                   f"{ready} of {wanted} nodes ready; requests at R={spec.read_quorum}, W={spec.write_quorum} "
                   f"need {spec.quorum}", gen, now),
-        condition(before, "Progressing", creating or bool(rollout),
-                  "Creating" if creating else "RollingUpdate" if rollout else "Complete",
+        condition(before, "Progressing", creating or bool(rollout) or bool(op),
+                  "Creating" if creating else "Scaling" if op else "RollingUpdate" if rollout else "Complete",
                   f"creating: {ready} of {wanted} nodes ready" if creating
+                  else str(op.get("summary", "")) if op
                   else f"rolling out a new template: {', '.join(rollout)}" if rollout
                   else "every StatefulSet runs the current template", gen, now),
         condition(before, "Degraded", degraded,
-                  _degraded_reason(ready, wanted, down, absent) if degraded else "AsExpected",
-                  _degraded_message(ready, wanted, down, absent, observed.members_error) if degraded
+                  _degraded_reason(not_ready, down, absent) if degraded else "AsExpected",
+                  _degraded_message(ready, wanted, not_ready, down, absent, observed.members_error) if degraded
                   else "all nodes ready" + ("" if observed.members is not None else
                                             f"; ring members unknown: {observed.members_error or 'no node answered'}"),
                   gen, now),
-        condition(before, "ScalingRefused", decision.refusal is not None,
-                  "ScalingNotSupported" if decision.refusal else "SizeMatchesSpec",
-                  decision.refusal or f"the cluster runs the {wanted} nodes spec asks for", gen, now),
+        *scaling_conditions(spec, decision, step, before, now),
     ]
     out: dict[str, Any] = {"replicas": len(pods), "readyReplicas": ready, "selector": resources.selector(spec),
                            "phase": phase, "conditions": conditions, "members": members}
+    if step is not None:
+        out.update(size=sum(step.committed.values()), statefulSets=dict(step.committed), operation=op,
+                   target=step.target)
+        if step.finished is not None:
+            out["lastOperation"] = step.finished
     if gen is not None:
         out["observedGeneration"] = gen
     return out
 
 
-def _degraded_reason(ready: int, wanted: int, down: Sequence[str], absent: Sequence[str]) -> str:
-    if ready < wanted:
+def scaling_conditions(spec: specmod.ClusterSpec, decision: plan.Decision, step: scaling.Step | None,
+                       before: Sequence[Mapping[str, Any]], now: str) -> list[dict[str, Any]]:
+    gen = spec.generation
+    op = step.operation if step is not None else None
+    refusal = step.refusal if step is not None else None
+    size = sum(step.committed.values()) if step is not None else decision.replicas
+    moving = bool(op) or bool(step is not None and step.target and not refusal)
+    if op:
+        scaling_reason = "ScalingUp" if op["kind"] == scaling.SCALE_UP else "ScalingDown"
+        scaling_message = str(op.get("summary", "")) + (f"; {op['message']}" if op.get("message") else "")
+    elif moving and step is not None:
+        scaling_reason, scaling_message = "WaitingForRing", step.waiting or "the next node is about to be chosen"
+    elif refusal:
+        scaling_reason, scaling_message = "Refused", refusal.message
+    else:
+        scaling_reason, scaling_message = "SizeMatchesSpec", f"the cluster runs the {size} nodes spec asks for"
+    streaming = op is not None and op.get("phase") in ("Joining", "Decommissioning", "Verifying")
+    rebalance_reason = ("StreamingRanges" if op and op.get("phase") != "Verifying" else "Verifying") \
+        if streaming else "Balanced"
+    progress = (op or {}).get("progress") or {}
+    rebalance_message = (f"{op['node'] if op else ''}: {progress.get('rangesDone', 0)}/"
+                         f"{progress.get('rangesTotal', 0)} ranges, {progress.get('keys', 0)} keys") \
+        if streaming else "no data is moving"
+    if refusal:
+        refused_reason, refused_message = refusal.reason, refusal.message
+    elif step is None or not moving:
+        refused_reason, refused_message = "SizeMatchesSpec", f"the cluster runs the {size} nodes spec asks for"
+    else:
+        refused_reason, refused_message = "Accepted", f"scaling from {size} to {spec.replicas} nodes"
+    return [
+        condition(before, "Scaling", moving, scaling_reason, scaling_message, gen, now),
+        condition(before, "Rebalancing", streaming, rebalance_reason, rebalance_message, gen, now),
+        condition(before, "ScalingRefused", refusal is not None, refused_reason, refused_message, gen, now),
+    ]
+
+
+def _degraded_reason(not_ready: Sequence[str], down: Sequence[str], absent: Sequence[str]) -> str:
+    if not_ready:
         return "NodesNotReady"
     return "MembersDown" if down else "MembersMissing"
 
 
-def _degraded_message(ready: int, wanted: int, down: Sequence[str], absent: Sequence[str], error: str) -> str:
-    parts = [f"{ready} of {wanted} nodes ready"]
+def _degraded_message(ready: int, wanted: int, not_ready: Sequence[str], down: Sequence[str],
+                      absent: Sequence[str], error: str) -> str:
+    parts = [f"{ready} of {wanted} nodes ready" + (f" (not ready: {', '.join(not_ready)})" if not_ready else "")]
     if down:
         parts.append(f"down or not normal in the ring: {', '.join(down)}")
     if absent:

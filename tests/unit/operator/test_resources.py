@@ -114,9 +114,12 @@ def test_config_map_holds_the_node_settings() -> None:
     }
 
 
-def test_a_single_node_seeds_only_itself() -> None:
-    _, objects = build(replicas=1, replicationFactor=1)
-    assert by_name(objects, "ConfigMap", "demo-config")["data"]["RINGKV_SEEDS"] == "demo-0.demo-peers.db.svc:7070"
+def test_the_seeds_do_not_change_with_the_size() -> None:
+    # so scaling does not change the pods' template (and roll every pod)
+    for replicas in (1, 3, 8):
+        _, objects = build(replicas=replicas, replicationFactor=1)
+        assert by_name(objects, "ConfigMap", "demo-config")["data"]["RINGKV_SEEDS"] == \
+            "demo-0.demo-peers.db.svc:7070,demo-1.demo-peers.db.svc:7070"
 
 
 def test_node_identity_and_address_come_from_the_pod() -> None:

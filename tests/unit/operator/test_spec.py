@@ -37,7 +37,6 @@ def test_a_small_cluster_defaults_its_quorums_to_what_fits() -> None:
 @pytest.mark.parametrize(("spec", "complaint"), [
     ({"replicas": 0}, "spec.replicas"),
     ({"replicas": True}, "spec.replicas"),
-    ({"replicas": 2, "replicationFactor": 3}, "must not exceed spec.replicas"),
     ({"readQuorum": 4}, "spec.readQuorum"),
     ({"storage": {"deletionPolicy": "Maybe"}}, "deletionPolicy"),
     ({"racks": [{"name": "A"}]}, "DNS label"),

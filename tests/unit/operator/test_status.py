@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ringkv_operator import plan, status
+from ringkv_operator import plan, scaling, status
 from ringkv_operator import spec as specmod
 
 from .samples import kvcluster
@@ -44,7 +44,7 @@ def conditions(got: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def compute(spec: specmod.ClusterSpec | None = None, previous: dict[str, Any] | None = None, now: str = T0,
             decision: plan.Decision | None = None, **observed: Any) -> dict[str, Any]:
     spec = spec or cluster()
-    decision = decision or plan.decide(spec, [])
+    decision = decision or plan.Decision(plan.desired_shape(spec))
     return status.compute(spec, decision, status.Observed(**observed), previous or {}, now)
 
 
@@ -55,7 +55,8 @@ def test_a_healthy_cluster_is_running() -> None:
     assert got["selector"] == ("app.kubernetes.io/component=node,app.kubernetes.io/instance=demo,"
                                "app.kubernetes.io/name=ringkv")
     assert conditions(got) == {"Available": ("True", "QuorumReachable"), "Progressing": ("False", "Complete"),
-                               "Degraded": ("False", "AsExpected"), "ScalingRefused": ("False", "SizeMatchesSpec")}
+                               "Degraded": ("False", "AsExpected"), "Scaling": ("False", "SizeMatchesSpec"),
+                               "Rebalancing": ("False", "Balanced"), "ScalingRefused": ("False", "SizeMatchesSpec")}
     assert got["members"][0] == {"nodeId": "demo-0", "pod": "demo-0", "host": "demo-0.demo-peers.db.svc",
                                  "status": "normal", "up": True, "rack": "rack1", "tokens": 16}
     assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] == T0 for c in got["conditions"])
@@ -121,18 +122,35 @@ def test_terminating_pods_do_not_count() -> None:
     assert (got["replicas"], got["readyReplicas"]) == (2, 2)
 
 
-def test_a_size_change_is_refused_with_a_condition() -> None:
+def test_a_refused_size_change_is_a_condition_and_the_cluster_runs_on() -> None:
     spec = cluster(replicas=5)
-    decision = plan.decide(spec, [sts()])
     running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
-    got = compute(spec=spec, decision=decision, previous=running, now=T1, statefulsets=[sts()],
-                  pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    step = scaling.Step({"demo": 3}, {"demo": 3}, refusal=scaling.Refusal("TwoChangesAtOnce", "one at a time"))
+    got = compute(spec=spec, decision=plan.Decision(scaling.shape_of(spec, {"demo": 3})), previous=running, now=T1,
+                  statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS], step=step)
     refused = status.find(got["conditions"], "ScalingRefused")
-    assert (refused["status"], refused["reason"]) == ("True", "ScalingNotSupported")
-    assert "not supported yet" in refused["message"] and refused["lastTransitionTime"] == T1
-    assert got["phase"] == "Running"  # the cluster itself is fine at its running size
+    assert (refused["status"], refused["reason"], refused["message"]) == ("True", "TwoChangesAtOnce", "one at a time")
+    assert refused["lastTransitionTime"] == T1
+    assert status.find(got["conditions"], "Scaling")["status"] == "False"
+    assert got["phase"] == "Running" and got["size"] == 3  # the cluster itself is fine at its running size
     assert status.newly_true(got, running, "ScalingRefused") == refused["message"]
     assert status.newly_true(got, got, "ScalingRefused") is None
+
+
+def test_a_node_being_added_is_not_degraded_and_shows_the_operation() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    op = {"kind": "ScaleUp", "node": "demo-3", "phase": "Joining", "summary": "adding demo-3 (Joining): 3 -> 4",
+          "message": "", "progress": {"rangesTotal": 4, "rangesDone": 1, "keys": 10}}
+    step = scaling.Step({"demo": 4}, {"demo": 4}, operation=op, target={"demo": 5})
+    got = compute(spec=cluster(replicas=5), decision=plan.Decision(scaling.shape_of(cluster(), {"demo": 4})),
+                  previous=running, statefulsets=[sts()], pods=[*(pod(n) for n in PODS), pod("demo-3", ready=False)],
+                  members=[*(member(n) for n in PODS), {**member("demo-3"), "status": "joining"}], step=step)
+    assert got["phase"] == "Scaling" and got["operation"] == op and got["target"] == {"demo": 5}
+    assert (got["size"], got["statefulSets"]) == (4, {"demo": 4})
+    assert conditions(got)["Degraded"] == ("False", "AsExpected")
+    assert conditions(got)["Scaling"] == ("True", "ScalingUp")
+    assert conditions(got)["Rebalancing"] == ("True", "StreamingRanges")
+    assert status.find(got["conditions"], "Rebalancing")["message"] == "demo-3: 1/4 ranges, 10 keys"
 
 
 def test_an_unbuildable_spec_fails() -> None:

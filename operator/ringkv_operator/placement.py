@@ -1,0 +1,70 @@
+"""The fields a KVCluster is placed with, recorded once (status.placement) and held to. Pure.
+
+The CRD's CEL transition rules refuse changing them on update; this is the same check on the operator's
+side, for API servers that did not run those rules (an older CRD, a test's emulator): the change is refused
+with the same message and nothing moves until it is reverted.
+
+    status.placement = {"racks": {rack: zone or None}, "datacenter", "capacity", "numTokens",
+                        "storageClassName" (each None when unset)}
+
+A rack added later is recorded when it first appears; a rack removed is forgotten once its StatefulSet is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ringkv_operator import spec as specmod
+
+CONFIG_FIELDS = {"datacenter": "datacenter", "capacity": "capacity", "numTokens": "num_tokens"}
+INSTEAD = {
+    "datacenter": "the ring placed every key's replicas by datacenter; create a new KVCluster in the other "
+                  "datacenter and move the data to it",
+    "capacity": "capacity weights token allocation at a node's first start: it cannot change on a running "
+                "cluster; create a new KVCluster with the capacity you want and move the data to it",
+    "num_tokens": "each node took its tokens at its first start and keeps them; create a new KVCluster with the "
+                  "num_tokens you want and move the data to it",
+}
+
+
+def _config(spec: specmod.ClusterSpec, key: str) -> str | None:
+    return dict(spec.config).get(key)
+
+
+def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
+           racks_in_use: set[str] | None = None) -> dict[str, Any]:
+    """The placement to keep: the previous record, with racks the spec added (and racks no StatefulSet uses
+    any more, when `racks_in_use` is given, dropped)."""
+    if not previous:
+        out: dict[str, Any] = {"racks": {r.name: r.zone for r in spec.racks},
+                               "storageClassName": spec.storage_class}
+        out.update({name: _config(spec, key) for name, key in CONFIG_FIELDS.items()})
+        return out
+    racks = dict(previous.get("racks") or {})
+    for rack in spec.racks:
+        racks.setdefault(rack.name, rack.zone)
+    if racks_in_use is not None:
+        racks = {name: zone for name, zone in racks.items()
+                 if name in racks_in_use or name in {r.name for r in spec.racks}}
+    return {**previous, "racks": racks}
+
+
+def violation(recorded: Mapping[str, Any] | None, spec: specmod.ClusterSpec) -> str | None:
+    """Why the spec changes a field the cluster was placed with, or None."""
+    if not recorded:
+        return None
+    zones = recorded.get("racks") or {}
+    for rack in spec.racks:
+        if rack.name in zones and zones[rack.name] != rack.zone:
+            return ("spec.racks[].zone is immutable: a rack's volumes live in its zone; add a new rack in the "
+                    f"other zone and remove this one instead (rack {rack.name!r} was placed in "
+                    f"{zones[rack.name] or 'no particular zone'})")
+    if "storageClassName" in recorded and recorded.get("storageClassName") != spec.storage_class:
+        return ("spec.storage.storageClassName is immutable (it cannot be set, changed or removed after creation): "
+                "the volumes were made from it and a StatefulSet's claim template cannot change; create a new "
+                "KVCluster with the class you want and move the data to it")
+    for name, key in CONFIG_FIELDS.items():
+        if name in recorded and recorded.get(name) != _config(spec, key):
+            return f"spec.config.{key} is immutable: {INSTEAD[key]}"
+    return None

@@ -1,0 +1,51 @@
+"""The operator's own check of the fields a cluster was placed with (for API servers that skipped the CRD's
+CEL rules): recorded once, held to, with the CRD's messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ringkv_operator import placement
+from ringkv_operator import spec as specmod
+from tests.unit.operator.samples import kvcluster
+
+
+def spec(**fields: Any) -> specmod.ClusterSpec:
+    return specmod.parse(kvcluster(**{"replicas": 3, **fields}))
+
+
+RACKS = [{"name": "a", "zone": "z1"}, {"name": "b", "zone": "z2"}]
+
+
+def test_the_record_is_taken_once_and_new_racks_join_it() -> None:
+    first = placement.record(spec(racks=RACKS, config={"datacenter": "dc1"}))
+    assert first == {"racks": {"a": "z1", "b": "z2"}, "storageClassName": None, "datacenter": "dc1",
+                     "capacity": None, "numTokens": None}
+    grown = placement.record(spec(racks=[*RACKS, {"name": "c", "zone": "z3"}]), first)
+    assert grown["racks"] == {"a": "z1", "b": "z2", "c": "z3"} and grown["datacenter"] == "dc1"
+    # a rack the spec dropped stays recorded while its StatefulSet is in use, then goes
+    assert placement.record(spec(racks=RACKS[:1]), grown, {"a", "b"})["racks"] == {"a": "z1", "b": "z2"}
+    assert placement.record(spec(racks=RACKS[:1]), grown, {"a"})["racks"] == {"a": "z1"}
+
+
+def test_changes_to_placed_fields_are_refused_with_what_to_do_instead() -> None:
+    record = placement.record(spec(racks=RACKS, config={"datacenter": "dc1"}))
+    assert placement.violation(record, spec(racks=RACKS, config={"datacenter": "dc1"})) is None
+    assert placement.violation(None, spec(racks=RACKS)) is None
+    zone = placement.violation(record, spec(racks=[{"name": "a", "zone": "z9"}, RACKS[1]],
+                                            config={"datacenter": "dc1"}))
+    assert zone is not None and zone.startswith("spec.racks[].zone is immutable: a rack's volumes live in its zone; "
+                                                "add a new rack in the other zone and remove this one instead")
+    unzoned = placement.violation(record, spec(racks=[{"name": "a"}, RACKS[1]], config={"datacenter": "dc1"}))
+    assert unzoned is not None and "rack 'a' was placed in z1" in unzoned
+    dc = placement.violation(record, spec(racks=RACKS, config={"datacenter": "dc2"}))
+    assert dc == ("spec.config.datacenter is immutable: the ring placed every key's replicas by datacenter; create "
+                  "a new KVCluster in the other datacenter and move the data to it")
+    added = placement.violation(record, spec(racks=RACKS, config={"datacenter": "dc1", "capacity": 2}))
+    assert added is not None and added.startswith("spec.config.capacity is immutable")
+    storage = placement.violation(record, spec(racks=RACKS, config={"datacenter": "dc1"},
+                                               storage={"storageClassName": "fast"}))
+    assert storage is not None and storage.startswith("spec.storage.storageClassName is immutable")
+    # a new rack may have any zone; other settings may change
+    assert placement.violation(record, spec(racks=[*RACKS, {"name": "c", "zone": "z7"}],
+                                            config={"datacenter": "dc1", "log_level": "debug"})) is None
