@@ -374,7 +374,7 @@ def test_rbac_is_exactly_what_the_operator_needs(default_objects: list[dict[str,
         | {("", r, v) for r in ("services", "configmaps") for v in manage}
         | {("policy", "poddisruptionbudgets", v) for v in manage}
         | {("", "pods", v) for v in read}
-        | {("", "persistentvolumeclaims", v) for v in ("get", "list", "delete")}
+        | {("", "persistentvolumeclaims", v) for v in ("get", "list", "patch", "delete")}
         | {(g, "events", "create") for g in ("", "events.k8s.io")}
         | {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in read}
         | {("", "namespaces", v) for v in ("list", "watch")}
