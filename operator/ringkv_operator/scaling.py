@@ -413,10 +413,12 @@ def _scale_down(i: Inputs, committed: dict[str, int], op: dict[str, Any], events
     if phase == "Decommissioning":
         if here and view.mode == "left":
             phase = "Verifying"
-        elif drift and not here and not _known(i.nodes, pod):
-            phase = "RemovingNode"  # a pod of the drift that never joined: nothing to hand over
-        elif drift and here and view.mode == "starting" and not _known(i.nodes, pod):
-            phase = "RemovingNode"
+        elif drift and not here and pod not in i.pods and not _known(i.nodes, pod):
+            phase = "RemovingNode"  # a pod of the drift that was never created: nothing to hand over
+        elif not here and drift:
+            # Its node may be about to announce itself: cutting it now could leave a joiner no one finishes.
+            op = _moved(i, op, "Decommissioning", f"waiting for {pod} to answer")
+            return Step(committed, keep, op, events=events, waiting=op["message"], target=target)
         elif not here:
             left = _left_everywhere(i.nodes, others, pod)
             if left:
@@ -457,8 +459,8 @@ def _scale_down(i: Inputs, committed: dict[str, int], op: dict[str, Any], events
 
     if phase == "RemovingNode":
         # Re-read right before the destructive step: the node itself says left, or it is gone and every
-        # other ring says so (or, for a drifted pod, it never joined).
-        if here and view.mode not in ("left", "stopping") and not (drift and not _known(i.nodes, pod)):
+        # other ring says so (or, for a drifted pod, it was never created).
+        if here and view.mode not in ("left", "stopping"):
             op = _moved(i, op, "Decommissioning", f"{pod} is {view.mode}, not left: decommissioning it again")
             return Step(committed, keep, op, events=events, target=target)
         if not drift:

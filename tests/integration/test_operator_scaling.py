@@ -222,3 +222,120 @@ def test_racked_3_to_6_to_3_grows_round_robin_and_shrinks_in_reverse(world: Worl
         watch.stop()
         load.stop()
     check_every_acknowledged_key(load, vias(world, ["ring-a-0"])[0])
+
+
+def preload(via: Via, count: int, prefix: str) -> None:
+    """`count` keys of 1 KB at W=3, so that streaming them takes a while (the stream is throttled)."""
+    for i in range(count):
+        http_json(f"{via.url}/api/v1/put?w=3", {"key": f"{prefix}-{i:05d}", "value": {"pad": "p" * 1000}})
+
+
+def phase_is(world: World, name: str, kind: str, *phases: str) -> dict[str, Any] | None:
+    op = ((world.kvcluster(name) or {}).get("status") or {}).get("operation") or {}
+    return op if op.get("kind") == kind and op.get("phase") in phases else None
+
+
+def kill_operator(world: World) -> None:
+    assert world.operator is not None and world.operator.proc is not None
+    world.operator.proc.kill()
+    world.operator.proc.wait(10)
+
+
+def test_the_operator_killed_mid_join_and_mid_decommission_resumes(world: World) -> None:
+    api, controller = world.api, world.controller
+    slow = {**CONFIG, "stream_mb_s": "0.1"}  # ~100 KB/s: a node's share of 600 KB streams for seconds
+    api.create(KVC, kvcluster("resume", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2,
+                              storage={"size": "1Gi"}, config=slow))
+    world.wait("3 nodes Running", lambda: settled(world, "resume", 3, 1), 150)
+    preload(vias(world, ["resume-0"])[0], 600, "heavy")
+    load = Load(vias(world, ["resume-0", "resume-1", "resume-2"]), writers=3, pace_s=0.02)
+    load.start()
+    assert world.operator is not None
+    try:
+        # mid-join: the operator dies, the node goes on joining; the restarted operator picks the operation up
+        patch_replicas(world, "resume", 4, 2)
+        joining = world.wait("resume-3 joining", lambda: phase_is(world, "resume", "ScaleUp", "Joining"), 60)
+        kill_operator(world)
+        world.operator.start()
+        up = world.wait("4 nodes Running", lambda: settled(world, "resume", 4, 2), SCALE_S)
+        assert up["lastOperation"]["node"] == "resume-3" and up["lastOperation"]["started"] == joining["started"]
+        assert controller.first("created", "resume-4") is None  # never two nodes at once
+        assert world.operator.starts == 2
+
+        # mid-decommission: the operator dies while the node streams its ranges away, and the leaver is
+        # killed too (it comes back normal: its decommission rolled back); the restarted operator asks again
+        patch_replicas(world, "resume", 3, 3)
+        world.wait("resume-3 streaming its ranges away",
+                   lambda: (op := phase_is(world, "resume", "ScaleDown", "Decommissioning"))
+                   and (op.get("progress") or {}).get("phase") == "streaming", 60)
+        kill_operator(world)
+        controller.kill("resume-3")
+        world.wait("resume-3 back, normal", lambda: _mode(world, "resume-3") == "normal", 60)
+        world.operator.start()
+        down = world.wait("3 nodes Running again", lambda: settled(world, "resume", 3, 3), SCALE_S)
+        assert down["lastOperation"]["node"] == "resume-3" and down["lastOperation"]["result"] == "Succeeded"
+        assert (api.get(f"{STS}/resume") or {})["spec"]["replicas"] == 3
+        claim = api.get(f"{PVCS}/data-resume-3") or {}
+        assert "ringkv.io/decommissioned" in claim["metadata"].get("annotations", {})
+    finally:
+        load.stop()
+    check_every_acknowledged_key(load, vias(world, ["resume-0"])[0])
+
+
+def _mode(world: World, pod: str) -> str | None:
+    try:
+        return str(http_json(world.controller.pod(pod).node.url + "/admin/v1/node")["mode"])
+    except (OSError, KeyError, ValueError, RuntimeError):  # RuntimeError: the node is not running
+        return None
+
+
+def test_refusals_and_drift(world: World) -> None:
+    api = world.api
+    racks = [{"name": "a", "zone": "z1"}, {"name": "b", "zone": "z2"}, {"name": "c", "zone": "z3"}]
+    api.create(KVC, kvcluster("guard", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2, racks=racks,
+                              image="ringkv:1", storage={"size": "1Gi"}, config=CONFIG))
+    world.wait("3 nodes Running", lambda: settled(world, "guard", 3, 1), 150)
+
+    def refused() -> dict[str, Any] | None:
+        c = world.condition("guard", "ScalingRefused")
+        return c if c.get("status") == "True" else None
+
+    # two changes at once: the size and the pods' template in one update
+    api.patch(f"{KVC}/guard", {"metadata": {"generation": 2}, "spec": {"replicas": 4, "image": "ringkv:9"}})
+    both = world.wait("TwoChangesAtOnce", refused, 30)
+    assert both["reason"] == "TwoChangesAtOnce"
+    assert both["message"] == ("spec changes the size (3 -> 4 nodes) and the pods' template together; ringkv "
+                               "applies one change at a time: revert one of them, and apply it again once the other "
+                               "has finished")
+    images = {s["metadata"]["name"]: (s["spec"]["replicas"], s["spec"]["template"]["spec"]["containers"][0]["image"])
+              for s in api.items(STS)}
+    assert images == {f"guard-{r}": (1, "ringkv:1") for r in "abc"}
+    api.patch(f"{KVC}/guard", {"metadata": {"generation": 3}, "spec": {"replicas": 3, "image": "ringkv:1"}})
+    world.wait("the refusal to clear", lambda: refused() is None, 30)
+
+    # an immutable field: a rack's zone (the CRD's CEL rule refuses it; the operator holds to it too)
+    moved = [{"name": "a", "zone": "z9"}, *racks[1:]]
+    api.patch(f"{KVC}/guard", {"metadata": {"generation": 4}, "spec": {"racks": moved}})
+    zone = world.wait("ImmutableFieldChanged", refused, 30)
+    assert zone["reason"] == "ImmutableFieldChanged"
+    assert zone["message"].startswith("spec.racks[].zone is immutable: a rack's volumes live in its zone; add a new "
+                                      "rack in the other zone and remove this one instead")
+    sts_a = api.get(f"{STS}/guard-a") or {}
+    assert "z1" in str(sts_a["spec"]["template"]["spec"].get("affinity"))
+    api.patch(f"{KVC}/guard", {"metadata": {"generation": 5}, "spec": {"racks": racks}})
+    world.wait("the refusal to clear", lambda: refused() is None, 30)
+
+    # drift: a StatefulSet scaled down by hand is scaled back
+    api.patch(f"{STS}/guard-b", {"spec": {"replicas": 0}})
+    world.wait("guard-b back to 1", lambda: (api.get(f"{STS}/guard-b") or {})["spec"]["replicas"] == 1, 30)
+    world.wait("3 nodes Running", lambda: settled(world, "guard", 3, 5), 120)
+
+    # drift: a StatefulSet scaled up by hand: the extra node is decommissioned (if it joined) and removed
+    api.patch(f"{STS}/guard-c", {"spec": {"replicas": 2}})
+    world.wait("guard-c back to 1", lambda: (api.get(f"{STS}/guard-c") or {})["spec"]["replicas"] == 1
+               and "guard-c-1" not in world.controller.pod_names(), 120)
+    final = world.wait("3 nodes Running", lambda: settled(world, "guard", 3, 5), 120)
+    assert final["lastOperation"]["reason"] == "Drift" and final["lastOperation"]["node"] == "guard-c-1"
+    drift = [e for e in api.items(EVENTS) if e.get("reason") == "Drift"]
+    assert drift and drift[0]["type"] == "Warning" and "outside the KVCluster" in drift[0]["message"]
+    assert {m["nodeId"] for m in final["members"]} == {"guard-a-0", "guard-b-0", "guard-c-0"}

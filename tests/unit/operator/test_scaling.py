@@ -258,9 +258,14 @@ def test_a_node_added_by_hand_is_decommissioned_before_it_is_cut() -> None:
     assert got.actions == (scaling.Action("decommission", "demo-3"),)
     assert got.replicas == {"demo": 4} and got.committed == {"demo": 3}
     assert got.events[0].type == "Warning" and got.events[0].reason == "Drift"
-    # one that never joined is cut at once
+    # a pod that runs but does not answer yet is waited for (it may be about to announce itself)...
     nodes = ring(pods[:3])
-    cut = scaling.step(inputs(spec(3), {"demo": 3}, live={"demo": 4}, nodes=nodes))
+    waits = scaling.step(inputs(spec(3), {"demo": 3}, live={"demo": 4}, nodes=nodes))
+    assert waits.operation is not None and waits.operation["phase"] == "Decommissioning"
+    assert waits.replicas == {"demo": 4} and waits.waiting == "waiting for demo-3 to answer"
+    # ...one never created is cut at once
+    never = replace(inputs(spec(3), {"demo": 3}, live={"demo": 4}, nodes=nodes), pods={p: True for p in pods[:3]})
+    cut = scaling.step(never)
     assert cut.operation is not None and cut.operation["phase"] == "RemovingVolume" and cut.replicas == {"demo": 3}
 
 
