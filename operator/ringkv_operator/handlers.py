@@ -229,15 +229,19 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
     recorded = previous.get("statefulSets")
     committed = dict(recorded) if isinstance(recorded, dict) else scaling.initial_committed(cluster, live)
     placed = previous.get("placement") if isinstance(previous.get("placement"), dict) else None
+    placed_now = placement.record(cluster, placed, {r for r in _rack_of(live_sets).values() if r})
+    cluster = dataclasses.replace(cluster, seed_pods=tuple(placed_now["seeds"]))
+    zones = dict(placed_now["racks"])
     rack_of = _rack_of(live_sets)
     operation = previous.get("operation") if isinstance(previous.get("operation"), dict) else None
     target = previous.get("target") if isinstance(previous.get("target"), dict) else None
 
-    # what the StatefulSets would be at the committed sizes: does the spec change their template?
-    sized = dataclasses.replace(cluster, replicas=max(1, sum(committed.values()) or cluster.replicas))
-    current = resources.statefulsets(sized, scaling.shape_of(cluster, committed, rack_of), SETTINGS)
+    # What the StatefulSets would be at the committed sizes: does the spec change their pods' template? (The pod
+    # template's hash only: a StatefulSet's other fields, such as its claim retention, are not the pods'.)
+    current = resources.statefulsets(cluster, scaling.shape_of(cluster, committed, rack_of, zones), SETTINGS)
     by_name = {str(s["metadata"]["name"]): s for s in live_sets}
-    template_changed = any(plan.patch_for(d, by_name.get(d["metadata"]["name"])) is not None for d in current)
+    template_changed = any(plan.template_hash(d) != plan.template_hash(by_name[d["metadata"]["name"]])
+                           for d in current if d["metadata"]["name"] in by_name)
 
     wanted = scaling.wanted_sizes(cluster)
     nodes: dict[str, scaling.NodeView] = {}
@@ -249,30 +253,33 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
                                                                                             strict=True)},
                                       SETTINGS.http_timeout_seconds, leaving)
     step = scaling.step(scaling.Inputs(
-        cluster, committed, live, {str(p["metadata"]["name"]): plan.pod_ready(p) for p in running}, claims,
-        operation, nodes, _now(), template_changed, target, placement.violation(placed, cluster), rack_of))
+        cluster, committed, live, {str(p["metadata"]["name"]): plan.pod_ready(p) for p in pods}, claims,
+        operation, nodes, _now(), template_changed, target, placement.violation(placed, cluster), rack_of, zones))
 
     # The operation and the sizes stood by are written before anything they lead to is done.
-    scale_status = {"statefulSets": step.committed, "size": sum(step.committed.values()),
-                    "operation": step.operation, "target": step.target,
-                    "placement": placement.record(cluster, placed, {r for r in rack_of.values() if r})}
+    scale_status: dict[str, Any] = {"statefulSets": step.committed, "size": sum(step.committed.values()),
+                                    "operation": step.operation, "target": step.target, "placement": placed_now}
     if step.finished is not None:
         scale_status["lastOperation"] = step.finished
     if any(previous.get(k) != v for k, v in scale_status.items()):
         if stopping():
             raise _Stopping
-        await api.patch_status(kube.KVCLUSTER, namespace, cluster.name, scale_status)
+        await api.patch_status(kube.KVCLUSTER, namespace, cluster.name, _merge(scale_status, previous))
     for event in step.events:
         logger.info("%s: %s", event.reason, event.message)
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     await _act(step, cluster, running, memo, logger)
 
-    shape = scaling.shape_of(cluster, step.replicas, rack_of)
-    built = dataclasses.replace(cluster, replicas=max(1, sum(step.committed.values()) or cluster.replicas))
-    wanted_sets = resources.statefulsets(built, shape, SETTINGS)
-    for obj in resources.all_objects(built, shape, SETTINGS):
-        if obj["kind"] != "StatefulSet":
-            await ensure(obj)
+    shape = scaling.shape_of(cluster, step.replicas, rack_of, zones)
+    wanted_sets = resources.statefulsets(cluster, shape, SETTINGS)
+    for obj in resources.all_objects(cluster, shape, SETTINGS):
+        if obj["kind"] == "StatefulSet":
+            continue
+        # New pods read the ConfigMap: while the size moves or a change is refused, it stays what they run with.
+        if obj["kind"] == "ConfigMap" and not step.rollout_allowed \
+                and await api.get(kube.CONFIG_MAP, namespace, obj["metadata"]["name"]) is not None:
+            continue
+        await ensure(obj)
     pairs = [(s, by_name.get(s["metadata"]["name"])) for s in wanted_sets]
     go = plan.rollout(pairs, pods) if step.rollout_allowed else [d["metadata"]["name"] for d, lv in pairs
                                                                    if lv is None]
@@ -297,7 +304,22 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
     decision = plan.Decision(scaling.shape_of(cluster, step.committed, rack_of))
     new = status.compute(cluster, decision, observed, {**previous, **scale_status}, _now())
     new["placement"] = scale_status["placement"]
-    return new, step
+    return _merge(new, {**previous, **scale_status}), step
+
+
+def _merge(new: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` as a merge patch over `previous`: keys of the maps it replaces that are gone are set to None (a
+    merge patch leaves out keys alone), so a deleted StatefulSet leaves status.statefulSets."""
+    out = dict(new)
+    for key in ("statefulSets", "target"):
+        before, after = previous.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            out[key] = {**{k: None for k in before if k not in after}, **after}
+    before, after = previous.get("placement"), new.get("placement")
+    if isinstance(before, dict) and isinstance(after, dict) and isinstance(before.get("racks"), dict):
+        racks = after.get("racks") or {}
+        out["placement"] = {**after, "racks": {**{k: None for k in before["racks"] if k not in racks}, **racks}}
+    return out
 
 
 async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[dict[str, Any]], memo: kopf.Memo,

@@ -5,7 +5,9 @@ side, for API servers that did not run those rules (an older CRD, a test's emula
 with the same message and nothing moves until it is reverted.
 
     status.placement = {"racks": {rack: zone or None}, "datacenter", "capacity", "numTokens",
-                        "storageClassName" (each None when unset)}
+                        "storageClassName" (each None when unset), "seeds": [pod, ...]}
+
+The seeds are recorded too: they are in every pod's template, so they must not follow later rack changes.
 
 A rack added later is recorded when it first appears; a rack removed is forgotten once its StatefulSet is gone.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ringkv_operator import plan
 from ringkv_operator import spec as specmod
 
 CONFIG_FIELDS = {"datacenter": "datacenter", "capacity": "capacity", "numTokens": "num_tokens"}
@@ -38,7 +41,7 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
     any more, when `racks_in_use` is given, dropped)."""
     if not previous:
         out: dict[str, Any] = {"racks": {r.name: r.zone for r in spec.racks},
-                               "storageClassName": spec.storage_class}
+                               "storageClassName": spec.storage_class, "seeds": plan.seeds(spec)}
         out.update({name: _config(spec, key) for name, key in CONFIG_FIELDS.items()})
         return out
     racks = dict(previous.get("racks") or {})
@@ -47,7 +50,9 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
     if racks_in_use is not None:
         racks = {name: zone for name, zone in racks.items()
                  if name in racks_in_use or name in {r.name for r in spec.racks}}
-    return {**previous, "racks": racks}
+    out = {**previous, "racks": racks}
+    out.setdefault("seeds", plan.seeds(spec))  # recorded before seeds were: what the spec gave then
+    return out
 
 
 def violation(recorded: Mapping[str, Any] | None, spec: specmod.ClusterSpec) -> str | None:

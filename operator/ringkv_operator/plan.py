@@ -86,6 +86,8 @@ def seeds(spec: specmod.ClusterSpec) -> list[str]:
     the first two racks), so the pods' template does not change when the size does. A pod that does not exist
     (yet) is not answered: a cluster's first node waits a few seconds for the second seed, then founds the
     ring alone."""
+    if spec.seed_pods:
+        return list(spec.seed_pods)
     return seed_pods(desired_shape(replace(spec, replicas=2)))
 
 

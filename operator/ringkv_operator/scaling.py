@@ -67,7 +67,7 @@ class Inputs:
     spec: specmod.ClusterSpec
     committed: Mapping[str, int]  # status.statefulSets
     live: Mapping[str, int]  # the live StatefulSets' spec.replicas
-    pods: Mapping[str, bool]  # existing pod -> ready
+    pods: Mapping[str, bool]  # existing pod (terminating ones too) -> ready
     claims: Mapping[str, Mapping[str, str]]  # claim name -> its annotations (+ TERMINATING while deleted)
     operation: Mapping[str, Any] | None  # status.operation
     nodes: Mapping[str, NodeView]  # by pod (only those asked)
@@ -76,6 +76,7 @@ class Inputs:
     target: Mapping[str, int] | None = None  # status.target: the shape a scaling in progress goes to
     immutable: str | None = None  # why the spec changed a field that cannot change, if it did
     rack_of: Mapping[str, str | None] = field(default_factory=dict)  # StatefulSet -> rack, for removed racks
+    zones: Mapping[str, str | None] = field(default_factory=dict)  # rack -> zone it was placed in
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,10 @@ def claim_of(pod: str) -> str:
     return f"data-{pod}"
 
 
-def shape_of(spec: specmod.ClusterSpec, sizes: Mapping[str, int],
-             rack_of: Mapping[str, str | None] | None = None) -> tuple[plan.RackSet, ...]:
-    """RackSets for the sizes, in the spec's rack order (StatefulSets of racks the spec dropped last)."""
+def shape_of(spec: specmod.ClusterSpec, sizes: Mapping[str, int], rack_of: Mapping[str, str | None] | None = None,
+             zones: Mapping[str, str | None] | None = None) -> tuple[plan.RackSet, ...]:
+    """RackSets for the sizes, in the spec's rack order (StatefulSets of racks the spec dropped last, with the
+    rack and zone they were placed with)."""
     by_name = {f"{spec.name}-{r.name}": r for r in spec.racks}
     order = [f"{spec.name}-{r.name}" for r in spec.racks] if spec.racks else [spec.name]
     names = [n for n in order if n in sizes] + sorted(n for n in sizes if n not in order)
@@ -145,7 +147,8 @@ def shape_of(spec: specmod.ClusterSpec, sizes: Mapping[str, int],
         if rack is not None:
             out.append(plan.RackSet(name, sizes[name], rack.name, rack.zone))
         else:
-            out.append(plan.RackSet(name, sizes[name], (rack_of or {}).get(name)))
+            rack_name = (rack_of or {}).get(name)
+            out.append(plan.RackSet(name, sizes[name], rack_name, (zones or {}).get(rack_name or "")))
     return tuple(out)
 
 
@@ -202,9 +205,11 @@ def _left_everywhere(nodes: Mapping[str, NodeView], others: set[str], pod: str) 
     return ""
 
 
-def _known(nodes: Mapping[str, NodeView], pod: str) -> bool:
-    """Whether any node's ring has `pod` as a member that has not left."""
-    return any(v.reachable and v.members.get(pod) not in (None, "left") for p, v in nodes.items() if p != pod)
+def _absent_everywhere(nodes: Mapping[str, NodeView], members: set[str], pod: str) -> bool:
+    """Whether every one of `members` answers and none has `pod` in its ring (but as left): evidence that the
+    pod's node never joined (or is gone), not the lack of an answer."""
+    return bool(members) and all(
+        (v := nodes.get(m)) is not None and v.reachable and v.members.get(pod) in (None, "left") for m in members)
 
 
 # -- progress -----------------------------------------------------------------------------------------------------
@@ -236,7 +241,8 @@ def summary(op: Mapping[str, Any]) -> str:
 
 
 def step(i: Inputs) -> Step:
-    committed = dict(i.committed)
+    # StatefulSets scaled to 0 and deleted are forgotten
+    committed = {name: size for name, size in i.committed.items() if size > 0 or name in i.live}
     wanted = wanted_sizes(i.spec)
     if i.operation:
         spec_op = i.operation.get("reason") != "Drift"
@@ -277,6 +283,9 @@ def step(i: Inputs) -> Step:
     current, goal = pods_of(committed), pods_of(wanted)
     adds = [p for p in plan.node_order(shape_of(i.spec, wanted)) if p not in current]
     removes = [p for p in reversed(plan.node_order(shape_of(i.spec, committed, i.rack_of))) if p not in goal]
+    if not adds and not removes:  # only empty StatefulSets differ: deleted below
+        return Step(committed, replicas, actions=tuple(Action("delete_statefulset", n) for n in sorted(committed)
+                                                       if committed[n] == 0 and n not in wanted))
     total = sum(committed.values())
     if adds:
         pod = adds[0]
@@ -382,6 +391,17 @@ def _scale_up(i: Inputs, committed: dict[str, int], op: dict[str, Any], events: 
     committed[name] = max(committed.get(name, 0), op["statefulSetTo"])
     replicas = dict(committed)
     view = i.nodes.get(pod)
+    unwanted = pod not in pods_of(wanted_sizes(i.spec))
+    if unwanted and (view is None or not view.reachable) and \
+            _absent_everywhere(i.nodes, pods_of(committed) - {pod}, pod):
+        # The spec no longer wants it and its node never announced itself (a pod that cannot start, say):
+        # the operation is cancelled rather than waited on forever.
+        committed[name] = op["statefulSetFrom"]
+        finished = {**op, "phase": "Cancelled", "finished": i.now, "result": "Cancelled",
+                    "message": f"{pod} never joined and the spec no longer asks for it",
+                    "summary": f"cancelled adding {pod}"}
+        return Step(committed, dict(committed), None, finished,
+                    events=(*events, Event("Warning", "ScalingCancelled", finished["message"])), target=target)
     if view is None or not view.reachable:
         op = _moved(i, op, "AddingNode", f"waiting for {pod} to start")
         return Step(committed, replicas, op, events=events, waiting=op["message"], target=target)
@@ -413,7 +433,7 @@ def _scale_down(i: Inputs, committed: dict[str, int], op: dict[str, Any], events
     if phase == "Decommissioning":
         if here and view.mode == "left":
             phase = "Verifying"
-        elif drift and not here and pod not in i.pods and not _known(i.nodes, pod):
+        elif drift and not here and pod not in i.pods and _absent_everywhere(i.nodes, others, pod):
             phase = "RemovingNode"  # a pod of the drift that was never created: nothing to hand over
         elif not here and drift:
             # Its node may be about to announce itself: cutting it now could leave a joiner no one finishes.
@@ -484,14 +504,19 @@ def _scale_down(i: Inputs, committed: dict[str, int], op: dict[str, Any], events
     if pod in i.pods:
         op = _moved(i, op, "RemovingVolume", f"waiting for pod {pod} to go")
         return Step(committed, keep, op, actions=tuple(actions), events=events, target=target)
+    cleanup = []
     if claim is not None and i.spec.delete_volumes:
-        actions.append(Action("delete_claim", claim_of(pod)))
+        cleanup.append(Action("delete_claim", claim_of(pod)))
+    if keep.get(name) == 0 and name not in wanted_sizes(i.spec) and name in i.live:
+        cleanup.append(Action("delete_statefulset", name))
+    if cleanup:  # the operation ends on a pass that sees them done, so a lost request is sent again
+        op = _moved(i, op, "RemovingVolume", "deleting " + ", ".join(a.name for a in cleanup))
+        return Step(committed, keep, op, actions=(*actions, *cleanup), events=events, target=target)
     if keep.get(name) == 0 and name not in wanted_sizes(i.spec):
-        actions.append(Action("delete_statefulset", name))
         committed.pop(name, None)
         keep.pop(name, None)
     done = _done(i, committed, op, events, f"{pod} removed" + (
-        " and its volume deleted (deletionPolicy Delete)" if claim is not None and i.spec.delete_volumes else
+        " and its volume deleted (deletionPolicy Delete)" if i.spec.delete_volumes else
         f"; its volume {claim_of(pod)} is kept, marked decommissioned (deletionPolicy Retain)" if claim is not None
         else ""), target)
     return Step(done.committed, keep if drift else done.replicas, None, done.finished, tuple(actions), done.events,

@@ -59,6 +59,9 @@ class ClusterSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     racks: tuple[Rack, ...] = ()
     config: tuple[tuple[str, str], ...] = ()
+    # Not from the spec: the seed pods the cluster was created with (status.placement), set by the handlers so
+    # that racks added or removed later do not change every pod's template. Empty: `plan.seeds` derives them.
+    seed_pods: tuple[str, ...] = ()
 
     @property
     def quorum(self) -> int:

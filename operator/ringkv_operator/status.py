@@ -99,7 +99,7 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
 
     if creating:
         phase = "Creating"
-    elif op:
+    elif op or (step is not None and step.target and step.refusal is None):
         phase = "Scaling"
     elif rollout:
         phase = "Updating"

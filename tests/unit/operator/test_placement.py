@@ -20,9 +20,10 @@ RACKS = [{"name": "a", "zone": "z1"}, {"name": "b", "zone": "z2"}]
 def test_the_record_is_taken_once_and_new_racks_join_it() -> None:
     first = placement.record(spec(racks=RACKS, config={"datacenter": "dc1"}))
     assert first == {"racks": {"a": "z1", "b": "z2"}, "storageClassName": None, "datacenter": "dc1",
-                     "capacity": None, "numTokens": None}
-    grown = placement.record(spec(racks=[*RACKS, {"name": "c", "zone": "z3"}]), first)
+                     "capacity": None, "numTokens": None, "seeds": ["demo-a-0", "demo-b-0"]}
+    grown = placement.record(spec(racks=[{"name": "c", "zone": "z3"}, *RACKS]), first)
     assert grown["racks"] == {"a": "z1", "b": "z2", "c": "z3"} and grown["datacenter"] == "dc1"
+    assert grown["seeds"] == ["demo-a-0", "demo-b-0"]  # the seeds stay what they were at creation
     # a rack the spec dropped stays recorded while its StatefulSet is in use, then goes
     assert placement.record(spec(racks=RACKS[:1]), grown, {"a", "b"})["racks"] == {"a": "z1", "b": "z2"}
     assert placement.record(spec(racks=RACKS[:1]), grown, {"a"})["racks"] == {"a": "z1"}

@@ -308,7 +308,8 @@ def walk(s: specmod.ClusterSpec, committed: dict[str, int], limit: int = 300) ->
                 world.claims.pop(action.name, None)
             elif action.kind == "mark_claim":
                 world.claims[action.name] = {scaling.DECOMMISSIONED_ANNOTATION: NOW}
-        world.replicas = {n: r for n, r in got.replicas.items() if r > 0 or n in got.committed}
+        deleted = {a.name for a in got.actions if a.kind == "delete_statefulset"}
+        world.replicas = {n: r for n, r in got.replicas.items() if n not in deleted}
         for p in scaling.pods_of(world.replicas):
             world.claims.setdefault(scaling.claim_of(p), {})
             if p in world.left and world.claims[scaling.claim_of(p)] == {}:
@@ -323,12 +324,60 @@ def walk(s: specmod.ClusterSpec, committed: dict[str, int], limit: int = 300) ->
 
 
 @settings(max_examples=60, deadline=None)
-@given(racks=st.integers(0, 3), start=st.integers(3, 9), end=st.integers(3, 9))
+@given(racks=st.integers(0, 4), start=st.integers(3, 9), end=st.integers(3, 9))
 def test_any_size_change_reaches_the_spec_one_node_at_a_time(racks: int, start: int, end: int) -> None:
-    names = "abc"[:racks]
+    names = "abcd"[:racks]
     committed = {r.name: r.replicas for r in scaling.shape_of(spec(start, names), scaling.wanted_sizes(
         spec(start, names)))}
     done = walk(spec(end, names), committed)
     assert len(done) == abs(end - start)
     assert {kind for _, kind in done} <= {"ScaleUp" if end > start else "ScaleDown"}
     # balanced at every step: rack sizes never differ by more than one
+
+
+def test_a_rack_emptied_by_a_shrink_is_deleted_and_forgotten() -> None:
+    s = spec(3, "abcd")
+    four = {"demo-a": 1, "demo-b": 1, "demo-c": 1, "demo-d": 1}
+    assert [n for n, _ in walk(s, four)] == ["demo-d-0"]
+    # a status that still lists it at 0 (a merge patch once left it there) is no dead end
+    got = scaling.step(inputs(s, {**four, "demo-d": 0}, live={k: v for k, v in four.items() if k != "demo-d"}))
+    assert got.committed == {"demo-a": 1, "demo-b": 1, "demo-c": 1} and got.operation is None
+
+
+def test_a_drifted_pod_is_cut_only_when_every_node_answers_that_it_never_joined() -> None:
+    pods = [f"demo-{k}" for k in range(3)]
+    nodes = ring(pods)
+    del nodes["demo-1"]  # one node does not answer: no evidence
+    never = replace(inputs(spec(3), {"demo": 3}, live={"demo": 4}, nodes=nodes), pods={p: True for p in pods})
+    got = scaling.step(never)
+    assert got.operation is not None and got.operation["phase"] == "Decommissioning" and got.replicas == {"demo": 4}
+
+
+def test_adding_a_node_that_never_starts_is_cancelled_when_the_spec_no_longer_wants_it() -> None:
+    first = scaling.step(inputs(spec(4), {"demo": 3}))
+    assert first.operation is not None and first.committed == {"demo": 4}
+    pods = ["demo-0", "demo-1", "demo-2"]
+    # still wanted: waited for
+    waits = scaling.step(inputs(spec(4), {"demo": 4}, operation=first.operation, nodes=ring(pods)))
+    assert waits.operation is not None and waits.committed == {"demo": 4}
+    # the spec went back to 3 and demo-3 never announced itself: cancelled, the StatefulSet back to 3
+    back = scaling.step(inputs(spec(3), {"demo": 4}, operation=first.operation, nodes=ring(pods)))
+    assert back.operation is None and back.committed == {"demo": 3} and back.replicas == {"demo": 3}
+    assert back.finished is not None and back.finished["result"] == "Cancelled"
+    assert [e.reason for e in back.events] == ["ScalingCancelled"]
+    # once it is in a ring it is not cancelled: it joins, then the shrink removes it
+    nodes = ring(pods)
+    nodes["demo-0"] = view("demo-0", {p: "normal" for p in pods} | {"demo-3": "joining"})
+    kept = scaling.step(inputs(spec(3), {"demo": 4}, operation=first.operation, nodes=nodes))
+    assert kept.operation is not None and kept.committed == {"demo": 4}
+
+
+def test_deleting_the_volume_ends_the_operation_only_once_it_is_seen_gone() -> None:
+    delete = spec(3, storage={"deletionPolicy": "Delete"})
+    op = {**(scaling.step(inputs(delete, {"demo": 4})).operation or {}), "phase": "RemovingVolume"}
+    claims = {f"data-demo-{k}": {} for k in range(3)} | {"data-demo-3": {scaling.DECOMMISSIONED_ANNOTATION: NOW}}
+    asked = scaling.step(inputs(delete, {"demo": 3}, operation=op, claims=claims))
+    assert asked.operation is not None and asked.actions == (scaling.Action("delete_claim", "data-demo-3"),)
+    terminating = claims | {"data-demo-3": {scaling.TERMINATING: NOW}}
+    done = scaling.step(inputs(delete, {"demo": 3}, operation=asked.operation, claims=terminating))
+    assert done.operation is None and done.finished is not None and done.actions == ()
