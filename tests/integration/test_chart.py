@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from ringkv import config
+from tests.unit.operator.crd_defaults import with_defaults
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is missing (pip install -e '.[dev]')")
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is missing (pip install -e '.[dev]')")
@@ -138,19 +139,6 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
                 close(value)
 
     close(out)
-    return out
-
-
-def with_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """`value` with the schema's defaults filled in, top-down like the API server's defaulting."""
-    if not isinstance(value, dict) or "properties" not in schema:
-        return value
-    out = dict(value)
-    for name, prop in schema["properties"].items():
-        if name not in out and "default" in prop:
-            out[name] = copy.deepcopy(prop["default"])
-        if name in out:
-            out[name] = with_defaults(prop, out[name])
     return out
 
 

@@ -17,7 +17,6 @@ budget (these rules touch no lists, so they are cheap).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.unit.operator.crd_defaults import with_defaults
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is missing (pip install -e '.[dev]')")
 cel = pytest.importorskip("cel", reason="common-expression-language is missing (pip install -e '.[dev]')")
@@ -96,21 +97,6 @@ def rules(schema: dict[str, Any], path: str = "") -> Iterator[Rule]:
         yield from rules(schema["items"], f"{path}[]")
     if isinstance(schema.get("additionalProperties"), dict):
         yield from rules(schema["additionalProperties"], f"{path}{{}}")
-
-
-def with_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """`value` with the schema's defaults filled in, top-down (a default is itself defaulted), list items too."""
-    if isinstance(value, list) and "items" in schema:
-        return [with_defaults(schema["items"], item) for item in value]
-    if not isinstance(value, dict) or "properties" not in schema:
-        return value
-    out = dict(value)
-    for name, prop in schema["properties"].items():
-        if name not in out and "default" in prop:
-            out[name] = copy.deepcopy(prop["default"])
-        if name in out:
-            out[name] = with_defaults(prop, out[name])
-    return out
 
 
 def pairs(schema: dict[str, Any], steps: list[str], new: Any, old: Any) -> Iterator[tuple[Any, Any]]:
