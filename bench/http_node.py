@@ -123,7 +123,7 @@ def start_hello(workdir: Path) -> Server:
 def start_node(workdir: Path, durability: str) -> Server:
     data = workdir / f"data-{durability}"
     argv = [sys.executable, "-m", "ringkv.cli", "node", "--data-dir", str(data), "--host", "127.0.0.1",
-            "--port", "0", "--node-id", "bench", "--durability", durability, "--log-level", "warning"]
+            "--port", "0", "--node-id", "bench", "--durability", durability, "--log-level", "warning", "--insecure"]
     return Server(f"ringkv node (durability {durability})", argv, workdir / f"node-{durability}.log")
 
 

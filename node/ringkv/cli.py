@@ -1,11 +1,15 @@
 """The `ringkv` command line: `node`, `run`, the client verbs `put`, `get`, `delete`, and `bench`, `check`,
-`repair`."""
+`repair`, `admin`, `certs`.
+
+Client commands read RINGKV_URL, RINGKV_TOKEN (or RINGKV_TOKEN_FILE) and RINGKV_CA_CERT (`security/credentials`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -22,6 +26,8 @@ def _local_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-port", type=int, default=8080, help="HTTP port of n1; n2 gets +1... (default 8080)")
     p.add_argument("--replication-factor", type=int, default=3)
     p.add_argument("--durability", default="sync", choices=["sync", "batch", "off"])
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS and no tokens (default: a cluster CA, mutual TLS, HTTPS and an admin token)")
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -33,17 +39,33 @@ def _local(args: argparse.Namespace) -> int:
             print("ringkv: --nodes must be between 1 and 64", file=sys.stderr)
             return 2
         try:
-            cluster = local.up(args.data_dir, args.nodes, args.base_port, args.replication_factor, args.durability)
+            cluster = local.up(args.data_dir, args.nodes, args.base_port, args.replication_factor, args.durability,
+                               secure=not args.insecure)
         except (RuntimeError, TimeoutError) as e:
             print(f"ringkv: {e}", file=sys.stderr)
             return 1
-        print(f"ringkv: {len(cluster.nodes)} nodes ready (RF {cluster.replication}, data in {cluster.data_dir})")
+        mode = "secure: mutual TLS between nodes, HTTPS, admin token" if cluster.secure else \
+            "INSECURE: no TLS, no authentication"
+        print(f"ringkv: {len(cluster.nodes)} nodes ready (RF {cluster.replication}, {mode}; data in "
+              f"{cluster.data_dir})")
         for node in cluster.nodes:
             print(f"  {node.node_id}  {node.url}  pid {node.pid}  log {node.log_path}")
-        print(f"try:  curl -XPOST {cluster.nodes[0].url}/api/v1/put -H 'content-type: application/json' "
-              "-d '{\"key\": \"hello\", \"value\": \"world\"}'")
-        print(f"      curl '{cluster.nodes[-1].url}/api/v1/getValue?key=hello'")
-        print(f"stop: ringkv local down --data-dir {args.data_dir}")
+        env = cluster.env()
+        dir_flag = "" if args.data_dir == DEFAULT_LOCAL_DIR else f" --data-dir {args.data_dir}"
+        print(f"reach it:  eval \"$(ringkv local env{dir_flag})\"   # sets {', '.join(env)}")
+        print("try:  ringkv put hello '\"world\"'  &&  ringkv get hello")
+        auth = (f"--cacert {env['RINGKV_CA_CERT']} -H \"Authorization: Bearer $(cat {env['RINGKV_TOKEN_FILE']})\" "
+                if cluster.secure else "")
+        print(f"      curl {auth}'{cluster.nodes[-1].url}/api/v1/getValue?key=hello'")
+        print(f"stop: ringkv local down{dir_flag}")
+        return 0
+    if action == "env":
+        loaded = local.LocalCluster.load(os.path.abspath(args.data_dir))
+        if loaded is None:
+            print(f"ringkv: no local cluster in {args.data_dir}", file=sys.stderr)
+            return 1
+        for name, value in loaded.env().items():
+            print(f"export {name}={shlex.quote(value)}")
         return 0
     if action == "status":
         loaded = local.LocalCluster.load(os.path.abspath(args.data_dir))
@@ -75,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(node)
     run = sub.add_parser("run", help="start a local 3-node cluster (same as 'local up')")
     _local_up_arguments(run)
-    local = sub.add_parser("local", help="a cluster of node processes on this machine: up, status, down")
+    local = sub.add_parser("local", help="a cluster of node processes on this machine: up, status, env, down")
     local_sub = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     _local_up_arguments(local_sub.add_parser("up", help="start the nodes (detached) and wait until ready"))
     status = local_sub.add_parser("status", help="each node's id, pid, endpoint, up/down")
@@ -83,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     down = local_sub.add_parser("down", help="stop the nodes (SIGTERM, then SIGKILL after a timeout)")
     down.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR)
+    env = local_sub.add_parser("env", help="shell exports pointing client commands at the cluster: "
+                               "eval \"$(ringkv local env)\"")
+    env.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR)
 
     url_help = "node URL (env RINGKV_URL, default http://127.0.0.1:8080)"
     put = sub.add_parser("put", help="write a key: ringkv put KEY JSON")
@@ -102,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ringkv.check import cli as check_cli
 
     check_cli.add_parser(sub)
-    from ringkv import admin_cli, repair_cli
+    from ringkv import admin_cli, certs_cli, repair_cli
 
     repair_cli.add_parser(sub)
     admin_cli.add_parser(sub)
+    certs_cli.add_parser(sub)
     return parser
 
 
@@ -165,6 +191,10 @@ def _main(argv: list[str] | None = None) -> int:
         from ringkv import repair_cli
 
         return repair_cli.main(args)
+    if args.command == "certs":
+        from ringkv import certs_cli
+
+        return certs_cli.main(args)
     if args.command == "admin":
         from ringkv import admin_cli
 

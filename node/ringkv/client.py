@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from ringkv.errors import RingkvError
+from ringkv.security.credentials import Credentials
 
 JSONValue = str | list[Any] | dict[str, Any]
 
@@ -50,8 +51,11 @@ class ReadResult:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout_s: float = 10.0, connections: int = 100) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, connections: int = 100,
+                 creds: Credentials | None = None) -> None:
+        """`creds`: the token and CA to use (default: from RINGKV_TOKEN / RINGKV_TOKEN_FILE / RINGKV_CA_CERT)."""
         self.base_url = base_url.rstrip("/")
+        self._creds = creds if creds is not None else Credentials.from_env()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -67,7 +71,8 @@ class Client:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode(),
-                connector=aiohttp.TCPConnector(limit=self._connections),
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._creds.aiohttp_ssl()),
+                headers=self._creds.headers(),
             )
         return self._session
 

@@ -1,7 +1,8 @@
 """The one configuration object of a node, from command-line flags and `RINGKV_*` environment variables.
 
 Every flag `--some-name` can also be set as `RINGKV_SOME_NAME`; a flag given on the command line wins over
-the environment, which wins over the default. Nothing secret lives here, so the whole config may be logged.
+the environment, which wins over the default. Nothing secret lives here (only paths to certificates and
+tokens), so the whole config may be logged.
 A node given no seeds is a single-node store: its replication factor and quorums default to 1.
 """
 
@@ -66,6 +67,18 @@ class NodeConfig:
     # topology changes
     stream_mb_s: float = 32.0
     replace_node: str = ""  # first start only: take over this dead node's tokens and stream its data
+    # security
+    insecure: bool = False  # no TLS between nodes, no authentication: only for a throwaway local cluster
+    certs_dir: str = ""  # ca.crt, node.crt, node.key (`ringkv certs`); required unless insecure
+    tokens_file: str = ""  # default: CERTS_DIR/tokens
+    http_tls: bool = False
+    metrics_auth: bool = False
+    security_reload_s: float = 10.0
+    # HTTP limits (api/limits.py)
+    http_max_connections: int = 4096
+    http_header_timeout_s: float = 10.0
+    http_keepalive_s: float = 75.0
+    http_max_header_bytes: int = 8190
 
     def effective_node_id(self) -> str:
         return self.node_id or socket.gethostname()
@@ -108,8 +121,29 @@ class NodeConfig:
             raise ValueError("aae_tree_leaves must be between 16 and 1048576")
         if self.tombstone_grace_s < 0 or self.aae_mb_s < 0:
             raise ValueError("tombstone_grace_s and aae_mb_s may not be negative")
+        if self.insecure and (self.http_tls or self.metrics_auth):
+            raise ValueError("http_tls and metrics_auth need security: drop --insecure and give --certs-dir")
+        if self.security_reload_s <= 0:
+            raise ValueError("security_reload_s must be positive")
+        if self.http_max_connections < 1 or self.http_header_timeout_s <= 0 or self.http_keepalive_s <= 0 \
+                or self.http_max_header_bytes < 1024:
+            raise ValueError("http_max_connections, http_header_timeout_s and http_keepalive_s must be positive, "
+                             "http_max_header_bytes at least 1024")
         self.seed_addresses()
         self.token_list()
+
+    def security_problem(self) -> str | None:
+        """Why this node cannot start securely (None: it can, or it was told to run insecure)."""
+        if self.insecure:
+            return None
+        if not self.certs_dir:
+            return ("no --certs-dir: a node needs its certificates (ca.crt, node.crt, node.key; make them with "
+                    "`ringkv certs create-ca` and `ringkv certs create-node`), or --insecure to run without TLS "
+                    "and authentication")
+        return None
+
+    def effective_tokens_file(self) -> str:
+        return self.tokens_file or (os.path.join(self.certs_dir, "tokens") if self.certs_dir else "")
 
 
 _HELP = {
@@ -154,6 +188,20 @@ _HELP = {
     "replace_node": "on a first start, replace this dead node: take its tokens and stream their data from the "
                     "other replicas",
     "stream_mb_s": "range streaming (joins) rate limit in MB/s per receiving node (0: unlimited)",
+    "insecure": "run without TLS between nodes and without authentication (anyone who reaches a port is "
+                "trusted): for a throwaway local cluster only; logs a warning",
+    "certs_dir": "directory with ca.crt, node.crt and node.key (`ringkv certs`): mutual TLS between nodes",
+    "tokens_file": "bearer tokens accepted on the HTTP API, hashed (`ringkv certs create-token`; default "
+                   "CERTS_DIR/tokens)",
+    "http_tls": "serve the HTTP API over TLS with the node certificate (client certificates then also "
+                "authenticate)",
+    "metrics_auth": "/metrics requires a read token too (default: open, it holds no keys or values)",
+    "http_max_connections": "open HTTP connections at most; one more is answered 503 and closed",
+    "http_header_timeout_s": "a request whose headers (or JSON body) take longer than this to arrive is dropped "
+                             "(slowloris)",
+    "http_keepalive_s": "an idle keep-alive HTTP connection is closed after this",
+    "http_max_header_bytes": "the longest header line accepted (431 beyond)",
+    "security_reload_s": "how often certificate and token files are checked for changes (rotation)",
     "tombstone_grace_s": "a deleted record is collected once every replica holds it and it is this old; hints "
                          "older than this are dropped",
 }
@@ -179,8 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind: Any = _KINDS.get(str(f.type), str)
         env = ENV_PREFIX + f.name.upper()
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if kind is _bool else {}  # `--insecure` alone
         parser.add_argument(flag, type=kind, default=None, choices=_CHOICES.get(f.name),
-                            help=f"{_HELP.get(f.name, '')} (env {env}, default {f.default!r})")
+                            help=f"{_HELP.get(f.name, '')} (env {env}, default {f.default!r})", **extra)
 
 
 def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> NodeConfig:

@@ -84,6 +84,13 @@ class UnsupportedMediaTypeError(RequestError):
     """The request body is not `application/json`."""
 
 
+class RequestTimeoutError(RequestError):
+    """The request body did not arrive within the limit (a client trickling it in holds a connection)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("request_timeout", message)
+
+
 class NotFoundError(RingkvError):
     """The key is absent or deleted."""
 

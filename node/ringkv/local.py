@@ -5,6 +5,11 @@ keeps its data in `DATA_DIR/n{i}/` and its log in `DATA_DIR/n{i}/node.log`. Toke
 (nodes joining the ring one by one, `ring.join`), so a fresh cluster starts balanced. The processes are
 detached; `DATA_DIR/local-cluster.json` records them so `status` and `down` work from any later shell.
 
+Secure by default (`secure=True`, what `ringkv local up` does unless `--insecure`): a cluster CA in
+`DATA_DIR/certs/` (ca.crt, ca.key), each node's certificate in `DATA_DIR/n{i}/certs/` (for 127.0.0.1 and
+localhost), mutual TLS between the nodes, HTTPS, and one admin token (`DATA_DIR/certs/admin.token`, its hash
+in `DATA_DIR/certs/tokens`). `env()` gives the RINGKV_* variables a client needs to reach it.
+
 `LocalCluster` is the same as a library (tests use it to kill, stop and restart single nodes).
 """
 
@@ -22,13 +27,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ringkv.cluster import ring as ringmod
 from ringkv.cluster.ids import NodeId
+from ringkv.security import certs, tokens
+from ringkv.security.credentials import Credentials
 
 STATE_FILE = "local-cluster.json"
 PEER_PORT_OFFSET = 1000
+CERTS_DIR = "certs"
+ADMIN_TOKEN = "admin.token"
+TOKENS = "tokens"
 
 
 @dataclass
@@ -39,10 +50,11 @@ class LocalNode:
     data_dir: str
     tokens: list[int]
     pid: int = 0
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def log_path(self) -> str:
@@ -91,17 +103,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _http_json(url: str, timeout_s: float = 1.0) -> Any:
+def _open(url: str, creds: Credentials | None, timeout_s: float) -> Any:
+    creds = creds or Credentials()
+    request = urllib.request.Request(url, headers=creds.headers())
+    context = creds.ssl_context() if url.startswith("https:") else None
+    return urllib.request.urlopen(request, timeout=timeout_s, context=context)
+
+
+def _http_json(url: str, timeout_s: float = 1.0, creds: Credentials | None = None) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with _open(url, creds, timeout_s) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
+def _http_ok(url: str, timeout_s: float = 1.0, creds: Credentials | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with _open(url, creds, timeout_s) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -114,6 +133,55 @@ class LocalCluster:
     replication: int = 3
     durability: str = "sync"
     extra_args: list[str] = field(default_factory=list)
+    secure: bool = False
+
+    # -- security -------------------------------------------------------------------------------------
+
+    @property
+    def certs_dir(self) -> str:
+        return os.path.join(self.data_dir, CERTS_DIR)
+
+    def creds(self) -> Credentials:
+        """The admin token and the CA (no credentials for an insecure cluster)."""
+        if not self.secure:
+            return Credentials()
+        token = Path(self.certs_dir, ADMIN_TOKEN).read_text().strip()
+        return Credentials(token, os.path.join(self.certs_dir, certs.CA_CERT))
+
+    def env(self) -> dict[str, str]:
+        """The RINGKV_* variables that point a client command at this cluster, as its admin."""
+        out = {"RINGKV_URL": self.nodes[0].url if self.nodes else ""}
+        if self.secure:
+            out["RINGKV_TOKEN_FILE"] = os.path.join(self.certs_dir, ADMIN_TOKEN)
+            out["RINGKV_CA_CERT"] = os.path.join(self.certs_dir, certs.CA_CERT)
+        return out
+
+    def ensure_certs(self) -> None:
+        """The CA, each node's certificate and the admin token, made once (kept across `down`/`up`)."""
+        top = Path(self.certs_dir)
+        if not (top / certs.CA_KEY).exists():
+            ca = certs.create_ca("ringkv")
+            certs.write(top / certs.CA_KEY, ca.key_pem, secret=True)
+            certs.write(top / certs.CA_CERT, ca.cert_pem)
+        ca = certs.load_ca(top)
+        if not (top / TOKENS).exists():
+            token = tokens.new_token()
+            certs.write(top / ADMIN_TOKEN, (token + "\n").encode(), secret=True)
+            certs.write(top / TOKENS, tokens.render([tokens.Entry("admin", "admin", tokens.digest(token))]).encode(),
+                        secret=True)
+        for node in self.nodes:
+            node_dir = Path(node.data_dir) / CERTS_DIR
+            if not (node_dir / certs.NODE_KEY).exists():
+                pair = certs.create_node(ca, "ringkv", node.node_id, ["127.0.0.1", "localhost"])
+                certs.write(node_dir / certs.NODE_KEY, pair.key_pem, secret=True)
+                certs.write(node_dir / certs.NODE_CERT, pair.cert_pem)
+                certs.write(node_dir / certs.CA_CERT, ca.cert_pem)
+
+    def _security_args(self, node: LocalNode) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        return ["--certs-dir", os.path.join(node.data_dir, CERTS_DIR), "--tokens-file",
+                os.path.join(self.certs_dir, TOKENS), "--http-tls"]
 
     # -- persistence ----------------------------------------------------------------------------------
 
@@ -123,7 +191,7 @@ class LocalCluster:
 
     def save(self) -> None:
         doc = {"replication": self.replication, "durability": self.durability, "extra_args": self.extra_args,
-               "nodes": [asdict(n) for n in self.nodes]}
+               "secure": self.secure, "nodes": [asdict(n) for n in self.nodes]}
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2)
@@ -138,7 +206,7 @@ class LocalCluster:
         except FileNotFoundError:
             return None
         return cls(data_dir, [LocalNode(**n) for n in doc["nodes"]], int(doc["replication"]),
-                   str(doc["durability"]), list(doc.get("extra_args", [])))
+                   str(doc["durability"]), list(doc.get("extra_args", [])), bool(doc.get("secure", False)))
 
     # -- processes ------------------------------------------------------------------------------------
 
@@ -151,7 +219,7 @@ class LocalCluster:
             "--port", str(node.http_port), "--peer-port", str(node.peer_port), "--node-id", node.node_id,
             "--seeds", self.seeds(), "--tokens=" + ",".join(map(str, node.tokens)),
             "--replication-factor", str(self.replication), "--durability", self.durability,
-            *self.extra_args,
+            *self._security_args(node), *self.extra_args,
         ]
 
     def start(self, node: LocalNode) -> None:
@@ -161,6 +229,9 @@ class LocalCluster:
             if not port_free(port):
                 raise RuntimeError(f"port {port} for {node.node_id} is in use")
         os.makedirs(node.data_dir, exist_ok=True)
+        node.scheme = "https" if self.secure else "http"
+        if self.secure:
+            self.ensure_certs()
         with open(node.log_path, "ab") as log:
             process = subprocess.Popen(self.command(node), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -170,8 +241,9 @@ class LocalCluster:
     def wait_ready(self, nodes: Sequence[LocalNode] | None = None, timeout_s: float = 60.0) -> None:
         waiting = list(nodes if nodes is not None else self.nodes)
         deadline = time.monotonic() + timeout_s
+        creds = self.creds()
         while waiting:
-            waiting = [n for n in waiting if not _http_ok(n.url + "/ready")]
+            waiting = [n for n in waiting if not _http_ok(n.url + "/ready", creds=creds)]
             for n in waiting:
                 if not _alive(n.pid):
                     raise RuntimeError(f"{n.node_id} exited; see {n.log_path}")
@@ -188,7 +260,8 @@ class LocalCluster:
         expected = {n.node_id for n in self.nodes if _alive(n.pid)}
         deadline = time.monotonic() + timeout_s
         while True:
-            seen = [_http_json(self.node(n).url + "/admin/v1/members") for n in expected]
+            creds = self.creds()
+            seen = [_http_json(self.node(n).url + "/admin/v1/members", creds=creds) for n in expected]
             if all(doc and {m["node_id"] for m in doc["members"] if m["up"] and m["status"] == "normal"} >= expected
                    for doc in seen):
                 return
@@ -221,8 +294,9 @@ class LocalCluster:
         return True
 
     def status(self) -> list[dict[str, Any]]:
+        creds = self.creds()
         return [{"node_id": n.node_id, "pid": n.pid, "http": n.url, "peer_port": n.peer_port,
-                 "data_dir": n.data_dir, "alive": _alive(n.pid), "up": _http_ok(n.url + "/health")}
+                 "data_dir": n.data_dir, "alive": _alive(n.pid), "up": _http_ok(n.url + "/health", creds=creds)}
                 for n in self.nodes]
 
     def node(self, node_id: str) -> LocalNode:
@@ -233,7 +307,7 @@ class LocalCluster:
 
 
 def up(data_dir: str, nodes: int = 3, base_port: int = 8080, replication: int = 3, durability: str = "sync",
-       extra_args: Sequence[str] = ()) -> LocalCluster:
+       extra_args: Sequence[str] = (), secure: bool = False) -> LocalCluster:
     data_dir = os.path.abspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     cluster = LocalCluster.load(data_dir)
@@ -242,7 +316,9 @@ def up(data_dir: str, nodes: int = 3, base_port: int = 8080, replication: int = 
             raise RuntimeError(f"a cluster of {len(cluster.nodes)} nodes is running in {data_dir}; "
                                "run 'ringkv local down' first")
         cluster = LocalCluster(data_dir, plan(data_dir, nodes, base_port, min(replication, nodes)),
-                               min(replication, nodes), durability, list(extra_args))
+                               min(replication, nodes), durability, list(extra_args), secure)
+    elif cluster.secure != secure and not any(_alive(n.pid) for n in cluster.nodes):
+        cluster.secure = secure  # the same nodes, restarted with (or without) security
     for node in cluster.nodes:
         cluster.start(node)
     cluster.wait_ready()

@@ -27,6 +27,7 @@ import urllib.request
 from typing import Any, TextIO
 
 from ringkv.loadgen.progress import bar
+from ringkv.security import credentials
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 POLL_S = 0.5
@@ -66,9 +67,12 @@ def add_parser(sub: Any) -> None:
 
 def _call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    creds = credentials.Credentials.from_env()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json", **creds.headers()})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        context = creds.ssl_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()

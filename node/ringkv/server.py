@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
 
 from ringkv import logs
-from ringkv.api import keys, validation
+from ringkv.api import auth, keys, limits, validation
 from ringkv.api.app import create_app
 from ringkv.config import NodeConfig
 
@@ -25,18 +26,25 @@ log = logging.getLogger("ringkv.node")
 MAX_REQUEST_LINE = 3 * validation.MAX_ITEM_BYTES + 1024
 
 
-async def serve(config: NodeConfig, ready: Callable[[str], None] = print) -> int:
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.shutdown_timeout_s, max_line_size=MAX_REQUEST_LINE)
+async def serve(config: NodeConfig, ready: Callable[[str], None] = print,
+                security: auth.Security | None = None) -> int:
+    app = create_app(config, security)
+    security = app[keys.SECURITY]
+    runner = limits.LimitedRunner(app, max_connections=config.http_max_connections,
+                                  header_timeout_s=config.http_header_timeout_s, metrics=app[keys.METRICS],
+                                  handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout_s,
+                                  max_line_size=MAX_REQUEST_LINE, max_field_size=config.http_max_header_bytes,
+                                  keepalive_timeout=config.http_keepalive_s)
     await runner.setup()  # opens storage (cleanup_ctx)
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    https = security.http_tls and security.tls is not None
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024,
+                       ssl_context=security.tls.http_server if https and security.tls is not None else None)
     await site.start()
     port = config.port
     for address in runner.addresses:  # the real port when config.port is 0
         port = address[1]
     node_id = app[keys.STATE].node_id
-    url = f"http://{config.host}:{port}"
+    url = f"{'https' if https else 'http'}://{config.host}:{port}"
     log.info("node %s listening on %s", node_id, url)
     app[keys.NODE].set_http_port(port)
 
@@ -57,6 +65,12 @@ def run(config: NodeConfig) -> int:
     logs.setup(config.log_level, config.log_format)
     log.info("config: %s", config)
     try:
+        security = auth.Security.from_config(config)
+    except (ValueError, OSError) as e:
+        log.error("cannot start: %s", e)
+        print(f"ringkv: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
         import uvloop
 
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
@@ -67,4 +81,4 @@ def run(config: NodeConfig) -> int:
         print(line, flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, ready))
+        return runner.run(serve(config, ready, security))

@@ -203,6 +203,9 @@ def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Sett
         {"name": "RINGKV_NODE_ID", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         {"name": "RINGKV_ADVERTISE_HOST",
          "value": f"$(RINGKV_NODE_ID).{peer_service_name(spec.name)}.{spec.namespace}.svc"},
+        # Nodes refuse to start without certificates unless told otherwise; until the operator issues the
+        # cluster's certificates and tokens, its clusters run without TLS (docs/security.md).
+        {"name": "RINGKV_INSECURE", "value": "true"},
     ]
     if rack_set.rack is not None:
         env.append({"name": "RINGKV_RACK", "value": rack_set.rack})

@@ -96,6 +96,7 @@ class NetCluster:
             *(["--tokens=" + ",".join(map(str, node.tokens))] if node.tokens else []),
             "--replication-factor", str(REPLICATION),
             "--durability", "sync", "--gossip-interval-s", str(GOSSIP_INTERVAL_S), "--data-dir", str(node.data_dir),
+            *([] if any(a.startswith("--certs-dir") for a in self.extra_args) else ["--insecure"]),
             *self.extra_args,
         ])
 

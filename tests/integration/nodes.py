@@ -33,7 +33,7 @@ from typing import NoReturn
 from ringkv import config
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "node"
-READY_RE = re.compile(r"^ringkv node (?P<id>\S+) ready on (?P<url>http://127\.0\.0\.1:\d+)$")
+READY_RE = re.compile(r"^ringkv node (?P<id>\S+) ready on (?P<url>https?://127\.0\.0\.1:\d+)$")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 STDERR_TAIL = 4000  # characters of the node's stderr quoted in failures
@@ -43,8 +43,11 @@ class NodeProcess:
     """One `ringkv node` on 127.0.0.1 with a fixed data directory; may be started any number of times."""
 
     def __init__(self, data_dir: Path, node_id: str = "n1", durability: str = "sync",
-                 extra_args: Sequence[str] = (), log_dir: Path | None = None) -> None:
+                 extra_args: Sequence[str] = (), log_dir: Path | None = None, insecure: bool = True) -> None:
+        """`insecure`: start with `--insecure` (no certificates, no tokens); False: `extra_args` carry the
+        security flags (`--certs-dir`...)."""
         self.data_dir = data_dir
+        self.insecure = insecure
         self.node_id = node_id
         self.durability = durability
         self.extra_args = list(extra_args)
@@ -61,7 +64,7 @@ class NodeProcess:
                 "--host", "127.0.0.1", "--port", "0", "--node-id", self.node_id, "--durability", self.durability]
         if "peer_port" in {f.name for f in dataclasses.fields(config.NodeConfig)}:
             argv += ["--peer-port", "0"]  # several nodes side by side: no fixed internode port either
-        return argv + self.extra_args
+        return argv + (["--insecure"] if self.insecure else []) + self.extra_args
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> NodeProcess:
         """Start the node and wait until it prints its ready line; raises AssertionError if it does not."""

@@ -32,6 +32,9 @@ DOWN_BOUND_S = 15.0  # "within a few seconds", with room for a loaded CI machine
 UP_BOUND_S = 15.0
 
 
+REFUSED = 'ringkv_internode_refused_connections_total{reason="cluster"}'
+
+
 def _await_verdict(observers: list[LocalNode], node_id: str, up: bool, since: float, bound_s: float) -> list[float]:
     """Wait until every observer reports `node_id` up (or down); returns each one's delay from `since`."""
     seen: dict[str, float] = {}
@@ -105,15 +108,15 @@ def test_node_from_another_cluster_name_is_refused(tmp_path: Path) -> None:
             def refused_often_and_never_listed() -> bool:
                 for n in cluster.nodes:
                     assert "intruder" not in members(n), f"{n.node_id} lists the intruder"
-                return all(metric(s, "ringkv_internode_refused_connections_total") >= 3 for s in seeds)
+                return all(metric(s, REFUSED) >= 3 for s in seeds)
 
             wait_until(refused_often_and_never_listed, 20.0, "both seeds refused the intruder 3 times",
-                       observe=lambda: [metric(s, "ringkv_internode_refused_connections_total") for s in seeds])
+                       observe=lambda: [metric(s, REFUSED) for s in seeds])
             assert local._alive(intruder.pid) and not local._http_ok(intruder.url + "/ready")
-            assert metric(cluster.nodes[2], "ringkv_internode_refused_connections_total") == 0  # not a seed
+            assert metric(cluster.nodes[2], REFUSED) == 0  # not a seed
             cluster.wait_converged(timeout_s=10.0)  # the cluster itself is unharmed
             with open(seeds[0].log_path) as f:
-                assert "refused connection from node 'intruder'" in f.read()
+                assert "refused internode connection from node 'intruder'" in f.read()
         except BaseException:
             print_logs(other)
             raise

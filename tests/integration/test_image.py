@@ -118,7 +118,7 @@ def node_container(podman: Podman, image: str, volume: str, name: str) -> Iterat
     port = free_port()
     env = [arg for key, value in SINGLE_NODE.items() for arg in ("-e", f"{key}={value}")]
     podman.run("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{volume}:/var/lib/ringkv",
-               "-e", "RINGKV_NODE_ID=n1", *env, image)
+               "-e", "RINGKV_NODE_ID=n1", "-e", "RINGKV_INSECURE=true", *env, image)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(podman, name, url)

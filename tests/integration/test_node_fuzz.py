@@ -108,7 +108,7 @@ class Node:
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ringkv.cli", "node", "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                 "--port", "0", "--node-id", "fuzz", "--durability", "off"],
+                 "--port", "0", "--node-id", "fuzz", "--durability", "off", "--insecure"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_child_env(),
             )
         self.lines: queue.Queue[str | None] = queue.Queue()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ringkv.api import keys
+from ringkv.api import auth, keys
 from ringkv.api.admin import admin_routes
 from ringkv.api.errors import error_middleware
 from ringkv.api.metrics import NodeMetrics
@@ -35,7 +37,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[keys.ENGINE] = engine
     log.info("storage open at %s (durability %s, %d SSTables)", config.data_dir, config.durability,
              engine.engine.table_count)
-    node = ClusterNode(config, engine, on_transition=metrics.transition, on_refused=metrics.refused)
+    node = ClusterNode(config, engine, on_transition=metrics.transition, on_refused=metrics.refused,
+                       tls=app[keys.SECURITY].tls)
     try:
         await node.start()
         app[keys.NODE] = node
@@ -50,13 +53,42 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         log.info("storage flushed and closed")
 
 
-def create_app(config: NodeConfig) -> web.Application:
+async def _security_reload(app: web.Application) -> AsyncIterator[None]:
+    """Re-read certificates and tokens when their files change (rotation without a restart)."""
+    security = app[keys.SECURITY]
+    metrics = app[keys.METRICS]
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(app[keys.CONFIG].security_reload_s)
+            security.reload()
+
+    metrics.security.source = security
+    task = asyncio.create_task(forever()) if security.secure else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_app(config: NodeConfig, security: auth.Security | None = None) -> web.Application:
+    """The node's application; `security` from `auth.Security.from_config(config)` (built here when not
+    given: ValueError when the config asks for security it lacks the files of)."""
+    security = security or auth.Security.from_config(config)
+    if not security.secure:
+        log.warning("running INSECURE (--insecure): no TLS between nodes and no authentication; anyone who "
+                    "can reach ports %s and the peer port can read, write and administer this cluster",
+                    config.port)
     metrics = NodeMetrics()
     app = web.Application(client_max_size=config.max_request_bytes,
-                          middlewares=[metrics.middleware(), error_middleware])
+                          middlewares=[metrics.middleware(), error_middleware,
+                                       auth.middleware(security, metrics.auth_failed)])
     app[keys.CONFIG] = config
+    app[keys.SECURITY] = security
     app[keys.METRICS] = metrics
     app[keys.STATE] = keys.NodeState(node_id=config.effective_node_id())
+    app.cleanup_ctx.append(_security_reload)
     app.cleanup_ctx.append(_storage)
     app.add_routes(routes)
     app.add_routes(admin_routes)

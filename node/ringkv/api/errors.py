@@ -21,6 +21,7 @@ log = logging.getLogger("ringkv.api")
 STATUS_BY_ERROR: tuple[tuple[type[errors.RingkvError], int], ...] = (
     (errors.PayloadTooLargeError, 413),
     (errors.UnsupportedMediaTypeError, 415),
+    (errors.RequestTimeoutError, 408),
     (errors.RequestError, 400),
     (errors.InvalidContextError, 400),
     (errors.NotFoundError, 404),

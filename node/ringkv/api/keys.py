@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ringkv.api.auth import Security
 from ringkv.api.metrics import NodeMetrics
 from ringkv.config import NodeConfig
 from ringkv.net.node import ClusterNode
@@ -20,6 +21,7 @@ class NodeState:
 
 
 CONFIG = web.AppKey("config", NodeConfig)
+SECURITY = web.AppKey("security", Security)
 STATE = web.AppKey("state", NodeState)
 METRICS = web.AppKey("metrics", NodeMetrics)
 ENGINE = web.AppKey("engine", AsyncEngine)

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ringkv.api.auth import Security
 from ringkv.api.errors import Handler
 from ringkv.cluster import topology
 from ringkv.net.node import ClusterNode
@@ -223,6 +224,32 @@ class AntiEntropyCollector(Collector):
                                 "(since start if never)", oldest)
 
 
+class SecurityCollector(Collector):
+    """Certificate expiry and reloads, tokens accepted (reads `source` at scrape time)."""
+
+    def __init__(self) -> None:
+        self.source: Security | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        security = self.source
+        tls = None if security is None else security.tls
+        tokens = None if security is None else security.tokens
+        yield GaugeMetricFamily("ringkv_tls_certificate_expiry_timestamp_seconds",
+                                "When this node's certificate expires, seconds since the epoch (0: no TLS)",
+                                0.0 if tls is None else tls.not_after)
+        reloads = CounterMetricFamily("ringkv_security_reloads", "Certificate and tokens files re-read after a "
+                                      "change, by what and result", labels=["what", "result"])
+        if tls is not None:
+            reloads.add_metric(["certificate", "ok"], tls.reloads)
+            reloads.add_metric(["certificate", "failed"], tls.reload_failures)
+        if tokens is not None:
+            reloads.add_metric(["tokens", "ok"], tokens.reloads)
+            reloads.add_metric(["tokens", "failed"], tokens.reload_failures)
+        yield reloads
+        yield GaugeMetricFamily("ringkv_http_tokens", "Bearer tokens this node accepts",
+                                0 if tokens is None else len(tokens))
+
+
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -232,10 +259,22 @@ class NodeMetrics:
         self.registry.register(self.cluster)
         self.antientropy = AntiEntropyCollector(lambda: self.cluster.node)
         self.registry.register(self.antientropy)
+        self.security = SecurityCollector()
+        self.registry.register(self.security)
         self.transitions = Counter("ringkv_gossip_transitions", "Peers judged up or down by the failure detector",
                                    ["to"], registry=self.registry)
         self.refusals = Counter("ringkv_internode_refused_connections",
-                                "Internode connections refused (wrong cluster name)", registry=self.registry)
+                                "Internode connections refused, by reason: cluster (another cluster's name), "
+                                "tls (handshake failed: plaintext, or a certificate the cluster CA did not sign), "
+                                "certificate (signed, but for another cluster or node), self, hello",
+                                ["reason"], registry=self.registry)
+        self.auth_failures = Counter("ringkv_http_auth_failures", "HTTP requests refused by authentication or "
+                                     "authorization: unauthenticated, invalid_token (401), forbidden (403)",
+                                     ["reason"], registry=self.registry)
+        self.http_connections = Gauge("ringkv_http_connections", "Open HTTP connections", registry=self.registry)
+        self.http_closed = Counter("ringkv_http_connections_closed", "HTTP connections closed by a limit: "
+                                   "too_many_connections, header_timeout, body_timeout, bad_request",
+                                   ["reason"], registry=self.registry)
         self.requests = Counter("ringkv_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("ringkv_http_request_duration_seconds", "HTTP request latency",
@@ -249,11 +288,14 @@ class NodeMetrics:
                                "Duration of one commit-log fsync (group commit)", buckets=FSYNC_BUCKETS,
                                registry=self.registry)
 
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
     def transition(self, node: str, up: bool) -> None:
         self.transitions.labels("up" if up else "down").inc()
 
-    def refused(self, node: str) -> None:
-        self.refusals.inc()
+    def refused(self, peer: str, reason: str) -> None:
+        self.refusals.labels(reason).inc()
 
     def middleware(self) -> Middleware:
         requests, latency = self.requests, self.latency

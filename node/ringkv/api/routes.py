@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,7 +12,7 @@ from ringkv.api import keys, openapi, validation
 from ringkv.api.errors import error_response, json_response
 from ringkv.cluster import versions
 from ringkv.cluster.versions import Record
-from ringkv.errors import ShuttingDownError, UnsupportedMediaTypeError
+from ringkv.errors import RequestTimeoutError, ShuttingDownError, UnsupportedMediaTypeError
 
 routes = web.RouteTableDef()
 
@@ -20,7 +22,14 @@ async def _json_body(request: web.Request) -> bytes:
         raise UnsupportedMediaTypeError("unsupported_media_type", "request body must be application/json")
     if request.app[keys.STATE].stopping:
         raise ShuttingDownError("the node is shutting down")
-    return await request.read()  # bounded by client_max_size: 413 before any parsing
+    try:  # bounded by client_max_size (413 before any parsing) and in time (a body trickled in is dropped)
+        async with asyncio.timeout(request.app[keys.CONFIG].http_header_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        request.app[keys.METRICS].http_closed.labels("body_timeout").inc()
+        if request.transport is not None:
+            request.transport.close()
+        raise RequestTimeoutError("the request body did not arrive in time") from None
 
 
 def _value(raw: bytes) -> orjson.Fragment:

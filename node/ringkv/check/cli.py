@@ -21,6 +21,7 @@ import aiohttp
 from ringkv.check import analysis, replicas, report
 from ringkv.check.analysis import Report
 from ringkv.check.workload import CheckPlan, Runner
+from ringkv.security.credentials import Credentials
 
 SAMPLE_REGISTER_KEYS = 300  # register keys whose replicas are compared after settling (all set keys are)
 
@@ -59,7 +60,10 @@ async def check(plan: CheckPlan, runner: Runner | None = None,
         keys = sorted({op.key for op in history.ops if op.kind.value == "add"})
         keys += random.Random(plan.seed).sample(runner.register_keys, min(SAMPLE_REGISTER_KEYS,
                                                                         len(runner.register_keys)))
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=plan.timeout_s)) as session:
+        creds = Credentials.from_env()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=plan.timeout_s),
+                                         headers=creds.headers(),
+                                         connector=aiohttp.TCPConnector(ssl=creds.aiohttp_ssl())) as session:
             async def fetch(base: str, path: str, query: dict[str, str]) -> tuple[int, Any]:
                 try:
                     async with session.get(base + path, params=query) as response:

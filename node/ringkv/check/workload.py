@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from ringkv.check.history import History, Kind, Op, Outcome, classify
+from ringkv.security.credentials import Credentials
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,10 @@ class Runner:
         """The whole check: workloads for `duration_s`, settle, final reads. Returns the history."""
         plan = self.plan
         timeout = aiohttp.ClientTimeout(total=plan.timeout_s, sock_connect=min(plan.timeout_s, 2.0))
-        async with aiohttp.ClientSession(timeout=timeout,
-                                         connector=aiohttp.TCPConnector(limit=4 * plan.clients + 16)) as s:
+        creds = Credentials.from_env()
+        async with aiohttp.ClientSession(timeout=timeout, headers=creds.headers(),
+                                         connector=aiohttp.TCPConnector(limit=4 * plan.clients + 16,
+                                                                        ssl=creds.aiohttp_ssl())) as s:
             self._session = s
             self._t0 = time.monotonic()
             until = plan.duration_s

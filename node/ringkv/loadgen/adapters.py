@@ -26,6 +26,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from ringkv.security.credentials import Credentials
+
 JSON_HEADERS = {"Content-Type": "application/json"}
 ETCD_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
 
@@ -91,16 +93,18 @@ def error_kind(status: int, raw: bytes) -> str:
 # -- HTTP stores ----------------------------------------------------------------------------------------------
 
 
-def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, keepalive_timeout=60)
+def _session(connections: int, timeout_s: float, creds: Credentials | None = None) -> aiohttp.ClientSession:
+    creds = creds or Credentials()
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, keepalive_timeout=60,
+                                     ssl=creds.aiohttp_ssl())
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                 skip_auto_headers=("User-Agent",))
+                                 skip_auto_headers=("User-Agent",), headers=creds.headers())
 
 
 class RingkvStore:
     def __init__(self, urls: tuple[str, ...], connections: int, timeout_s: float) -> None:
         self.urls = tuple(u.rstrip("/") for u in urls)
-        self._http = _session(connections, timeout_s)
+        self._http = _session(connections, timeout_s, Credentials.from_env())  # RINGKV_TOKEN, RINGKV_CA_CERT
         self._put_urls = itertools.cycle([URL(u + "/api/v1/put", encoded=True) for u in self.urls])
         self._bases = itertools.cycle(self.urls)
         self._cached_value: tuple[str, bytes] | None = None

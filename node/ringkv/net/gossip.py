@@ -60,6 +60,7 @@ class Gossiper:
         # token-less state must not overwrite what peers remember of our previous life before we read it)
         self.announce = True  # (and while False, every round asks every seed)
         self.answered: set[tuple[str, int]] = set()  # addresses that have answered an exchange
+        self.last_errors: dict[tuple[str, int], str] = {}  # address -> why its last exchange failed
         self._exchanges: set[asyncio.Task[None]] = set()
         self.rounds = 0
 
@@ -141,8 +142,11 @@ class Gossiper:
                                       timeout_s=max(1.0, self.interval_s))
             self.absorb(reply)
             self.answered.add((client.host, client.port))
+            self.last_errors.pop((client.host, client.port), None)
         except (TransportError, RemoteError, ValueError) as e:
             log.debug("gossip with %s:%s failed: %s", client.host, client.port, e)
+            if len(self.last_errors) < 256:
+                self.last_errors[(client.host, client.port)] = str(e)[:300]
 
     def _targets(self) -> list[PeerClient]:
         local = self.membership.local_id

@@ -52,6 +52,7 @@ from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import Peers, TransportServer
 from ringkv.net.trees import TreeSet
 from ringkv.replica import QUARANTINE_DIR, Quarantine, Replica
+from ringkv.security.tls import NodeTls
 from ringkv.storage.aio import AsyncEngine
 from ringkv.storage.engine import EngineOptions
 from ringkv.storage.wal import Durability
@@ -66,13 +67,15 @@ UNHEARD_ROUNDS = 10  # gossip rounds after our start before a member of the ring
 class ClusterNode:
     def __init__(self, config: NodeConfig, engine: AsyncEngine,
                  on_transition: Callable[[NodeId, bool], None] = lambda n, up: None,
-                 on_refused: Callable[[str], None] = lambda n: None) -> None:
+                 on_refused: Callable[[str, str], None] = lambda peer, reason: None,
+                 tls: NodeTls | None = None) -> None:
         self.config = config
         self.node_id = NodeId(config.effective_node_id())
         self.engine = engine
         self.replica = Replica(engine, self.node_id, renew_actor=self._renew_actor,
                                quarantine=Quarantine(os.path.join(config.data_dir, QUARANTINE_DIR)))
-        self.peers = Peers(config.cluster_name, self.node_id)
+        self.tls = tls
+        self.peers = Peers(config.cluster_name, self.node_id, tls=tls)
         self.trees = TreeSet(self.replica, total_leaves=config.aae_tree_leaves, track=config.aae_enabled)
         self.operations = Operations()
         self.antientropy: AntiEntropy | None = None
@@ -212,7 +215,7 @@ class ClusterNode:
             "stream_range": self.streamer.handle_stream_range,
             "stream_pull": functools.partial(join.handle_stream_pull, self),
             "ping": self._ping,
-        }, on_refused=self._on_refused)
+        }, on_refused=self._on_refused, tls=self.tls)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
         self.membership.update_local(peer_port=peer_port)
         self.gossiper.seeds = self._seeds(peer_port)
@@ -435,8 +438,10 @@ class ClusterNode:
         while not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
             await self.wait_heard(WAIT_LOG_INTERVAL_S)
             if not any(s.tokens for n, s in self.membership.members.items() if n != self.node_id):
-                log.warning("no seed has answered with a ring for %.0fs (seeds %s); still waiting before "
-                            "allocating tokens", time.monotonic() - started, self.config.seeds)
+                errors = "; ".join(f"{h}:{p}: {e}" for (h, p), e in list(self.gossiper.last_errors.items())[:3])
+                log.warning("no seed has answered with a ring for %.0fs (seeds %s%s); still waiting before "
+                            "allocating tokens", time.monotonic() - started, self.config.seeds,
+                            f"; last errors: {errors}" if errors else "")
                 self.gossiper.heard.clear()
         # One seed's view may lag behind another's (a node that has just joined through the other): hear every
         # seed that answers within a few rounds, so that two nodes joining one after the other do not both

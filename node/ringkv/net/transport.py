@@ -15,6 +15,13 @@ refused by its sender (a request fails with TransportError, a response becomes e
 if received, drops the connection. A node refuses connections whose hello names another cluster. Every call
 has a timeout; a lost connection fails every pending call on it and the next call reconnects. A client made
 for a known node id refuses a welcome from another node (stale DNS, a reused address).
+
+Security: unless the node runs `--insecure`, every connection is TLS with certificates on both sides (mutual;
+`security/tls.py`). The listener accepts plain TCP, stops reading, and upgrades it to TLS before the first
+byte is read, so that a failed handshake (a certificate not signed by the cluster CA, a self-signed one, a
+plaintext peer) is seen, logged and counted here instead of vanishing inside asyncio. After the handshake each
+side checks the other's certificate identity (`security/identity.py`): a node of this cluster, and — where the
+node id is known (the hello's on the listening side, `expect` on the dialling side) — that node.
 """
 
 from __future__ import annotations
@@ -23,14 +30,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
 from ringkv.errors import RingkvError
+from ringkv.security import identity
+from ringkv.security.tls import NodeTls
 
 log = logging.getLogger("ringkv.transport")
 
@@ -43,6 +53,10 @@ _REQUEST, _RESPONSE = 0, 1
 
 SEED_PREFIX = "seed:"  # Peers keys of seed addresses, whose node id is not known in advance
 Handler = Callable[[Any, str], Awaitable[Any]]  # (body, calling node id) -> reply body
+OnRefused = Callable[[str, str], None]  # (peer: its claimed node id or address, reason: cluster|certificate|
+#                                          tls|self|hello)
+HANDSHAKE_TIMEOUT_S = 10.0
+_REFUSAL_LOG_INTERVAL_S = 10.0  # one warning per peer address and reason per interval: a scanner cannot flood
 
 
 class TransportError(RingkvError):
@@ -87,17 +101,68 @@ class TransportServer:
     """Accepts peer connections and dispatches requests to handlers by method name."""
 
     def __init__(self, cluster: str, node_id: str, handlers: Mapping[str, Handler],
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: OnRefused | None = None, tls: NodeTls | None = None) -> None:
         self.cluster = cluster
         self.node_id = node_id
         self.handlers = dict(handlers)
         self._on_refused = on_refused
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._logged: dict[tuple[str, str], float] = {}
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port, backlog=256)
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._serve, host, port, backlog=256)
+        else:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _Upgrade(self), host, port, backlog=256)
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _refuse(self, peer: str, reason: str, detail: str, who: str | None = None) -> None:
+        """Count and log (rate-limited) a refused connection; `who` names the peer in the log (default
+        `peer`, its address or claimed node id)."""
+        if self._on_refused is not None:
+            self._on_refused(peer, reason)
+        now = time.monotonic()
+        if now - self._logged.get((peer, reason), -_REFUSAL_LOG_INTERVAL_S) >= _REFUSAL_LOG_INTERVAL_S:
+            if len(self._logged) > 1024:
+                self._logged.clear()
+            self._logged[(peer, reason)] = now
+            log.warning("refused internode connection from %s: %s", who or peer, detail)
+
+    def _accept_tls(self, transport: asyncio.Transport) -> None:
+        """A TCP connection arrived at a TLS listener: reading is paused until `_upgrade` has taken it over."""
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _upgrade(self, raw: asyncio.Transport) -> None:
+        assert self._tls is not None
+        loop = asyncio.get_running_loop()
+        address = raw.get_extra_info("peername")
+        peer = str(address[0]) if isinstance(address, tuple) else str(address)  # the host: one log line per interval
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport = await loop.start_tls(raw, protocol, self._tls.peer_server, server_side=True,
+                                             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+        except ssl.SSLError as e:  # a verdict: plaintext, no certificate, one the cluster CA did not sign
+            raw.abort()
+            self._refuse(peer, "tls", f"TLS handshake failed ({_ssl_reason(e)}): a plaintext peer, or a "
+                                      "certificate not signed by this cluster's CA")
+            return
+        except (OSError, TimeoutError, asyncio.CancelledError) as e:  # the peer went away or stalled
+            raw.abort()
+            log.debug("TLS handshake with %s did not finish: %r", peer, e)
+            return
+        if transport is None:  # the peer went away during the handshake
+            raw.abort()
+            return
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._serve(reader, writer)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -133,18 +198,19 @@ class TransportServer:
         if not isinstance(hello, dict) or hello.get("t") != "hello" or hello.get("v") != PROTOCOL_VERSION:
             writer.write(_pack({"t": "refused", "reason": "bad hello"}))
             return None
+        claimed = str(hello.get("node"))
+        problem: tuple[str, str] | None = None
         if hello.get("cluster") != self.cluster:
-            reason = f"cluster {hello.get('cluster')!r} is not {self.cluster!r}"
-            log.warning("refused connection from node %r: %s", hello.get("node"), reason)
-            if self._on_refused is not None:
-                self._on_refused(str(hello.get("node")))
-            writer.write(_pack({"t": "refused", "reason": reason}))
-            await writer.drain()
-            return None
-        if hello.get("node") == self.node_id:  # ourselves (a seed list naming us), or an impostor with our id
-            reason = f"node id {self.node_id!r} is this node's own"
-            log.warning("refused connection from %r: %s", hello.get("node"), reason)
-            writer.write(_pack({"t": "refused", "reason": reason}))
+            problem = "cluster", f"cluster {hello.get('cluster')!r} is not {self.cluster!r}"
+        elif hello.get("node") == self.node_id:  # ourselves (a seed list naming us), or an impostor with our id
+            problem = "self", f"node id {self.node_id!r} is this node's own"
+        elif self._tls is not None:
+            why = identity.check_node(writer.get_extra_info("peercert"), self.cluster, claimed)
+            if why is not None:
+                problem = "certificate", why
+        if problem is not None:
+            self._refuse(claimed, problem[0], problem[1], who=f"node {claimed!r}")
+            writer.write(_pack({"t": "refused", "reason": problem[1]}))
             await writer.drain()
             return None
         writer.write(_pack({"t": "welcome", "node": self.node_id}))
@@ -193,11 +259,27 @@ class TransportServer:
             slots.release()
 
 
+class _Upgrade(asyncio.Protocol):
+    """The first protocol of a connection to a TLS listener: hands the transport over before any read."""
+
+    def __init__(self, server: TransportServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._server._accept_tls(cast(asyncio.Transport, transport))  # uvloop's is not an asyncio.Transport
+
+
+def _ssl_reason(e: BaseException) -> str:
+    reason = getattr(e, "verify_message", None) or getattr(e, "reason", None)
+    return str(reason) if reason else (type(e).__name__ if isinstance(e, TimeoutError) else repr(e))
+
+
 class PeerClient:
     """Calls to one peer over one persistent connection."""
 
     def __init__(self, cluster: str, node_id: str, host: str, port: int, connect_timeout_s: float = 2.0,
-                 expect: str | None = None) -> None:
+                 expect: str | None = None, tls: NodeTls | None = None) -> None:
+        self.tls = tls
         self.cluster = cluster
         self.node_id = node_id
         self.expect = expect  # the node id that must answer the handshake (None: any, e.g. a seed address)
@@ -227,13 +309,29 @@ class PeerClient:
                 return self._writer
             try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation
                 async with asyncio.timeout(self._connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    if self.tls is None:
+                        reader, writer = await asyncio.open_connection(self.host, self.port)
+                    else:
+                        reader, writer = await asyncio.open_connection(
+                            self.host, self.port, ssl=self.tls.peer_client, server_hostname="",
+                            ssl_handshake_timeout=self._connect_timeout_s)
+                if self.tls is not None:
+                    why = identity.check_node(writer.get_extra_info("peercert"), self.cluster, self.expect)
+                    if why is not None:
+                        writer.close()
+                        raise NotDeliveredError(f"{self.host}:{self.port} is not a node we trust: {why}")
                 writer.write(_pack({"t": "hello", "v": PROTOCOL_VERSION, "cluster": self.cluster,
                                     "node": self.node_id}))
                 async with asyncio.timeout(self._connect_timeout_s):
                     answer = await _read_frame(reader)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, msgpack.UnpackException) as e:
-                raise NotDeliveredError(f"cannot connect to {self.host}:{self.port}: {e!r}") from None
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, msgpack.UnpackException, ValueError,
+                    TransportError) as e:
+                if isinstance(e, NotDeliveredError):
+                    raise
+                hint = "" if self.tls is not None or isinstance(e, OSError | TimeoutError) else \
+                    " (does the peer require TLS? this node runs --insecure)"
+                what = _ssl_reason(e) if self.tls is not None and isinstance(e, OSError) else repr(e)
+                raise NotDeliveredError(f"cannot connect to {self.host}:{self.port}: {what}{hint}") from None
             if not isinstance(answer, dict) or answer.get("t") != "welcome":
                 writer.close()
                 reason = answer.get("reason") if isinstance(answer, dict) else "bad answer"
@@ -318,9 +416,10 @@ class PeerClient:
 class Peers:
     """Clients for every known peer, keyed by node id, following address changes."""
 
-    def __init__(self, cluster: str, node_id: str) -> None:
+    def __init__(self, cluster: str, node_id: str, tls: NodeTls | None = None) -> None:
         self.cluster = cluster
         self.node_id = node_id
+        self.tls = tls
         self._clients: dict[str, PeerClient] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -332,7 +431,7 @@ class Peers:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             expect = None if node_id.startswith(SEED_PREFIX) else node_id
-            client = PeerClient(self.cluster, self.node_id, host, port, expect=expect)
+            client = PeerClient(self.cluster, self.node_id, host, port, expect=expect, tls=self.tls)
             self._clients[node_id] = client
         return client
 

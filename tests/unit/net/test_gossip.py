@@ -89,7 +89,8 @@ async def start(node_id: NodeId, generation: int, seeds: list[int], cluster: str
         on_transition=lambda node, up: transitions.append((node, up)),
         rng=random.Random(f"{node_id}/{generation}"), phi_config=PHI,
     )
-    server = TransportServer(cluster, node_id, {"gossip": gossiper.handle}, on_refused=refused.append)
+    server = TransportServer(cluster, node_id, {"gossip": gossiper.handle},
+                             on_refused=lambda peer, reason: refused.append(peer))
     port = await server.start(HOST, 0)
     membership.update_local(peer_port=port)
     task = asyncio.create_task(gossiper.run())

@@ -67,7 +67,7 @@ HANDLERS: dict[str, Handler] = {"echo": echo, "sleep": sleepy, "grow": grow, "qu
 async def serving(handlers: Mapping[str, Handler] = HANDLERS, cluster: str = CLUSTER, port: int = 0,
                   refused: list[str] | None = None) -> AsyncIterator[tuple[TransportServer, int]]:
     server = TransportServer(cluster, "server", handlers,
-                             on_refused=None if refused is None else refused.append)
+                             on_refused=None if refused is None else lambda peer, reason: refused.append(peer))
     bound = await server.start(HOST, port)
     try:
         yield server, bound
