@@ -1,7 +1,7 @@
 """Fuzz a real node process against its own OpenAPI document (schemathesis).
 
-One `ringkv node` process (durability off, data in a temporary directory, listening on 127.0.0.1 only) is
-started and its `GET /api/v1/openapi.json` fetched; `schemathesis run` then sends, for every operation in that
+One secure `ringkv node` process (its own CA and certificate, a tokens file; durability off, data in a
+temporary directory, listening on 127.0.0.1 only) is started and its `GET /api/v1/openapi.json` fetched; `schemathesis run` then sends, for every operation in that
 document, generated requests to the node: the coverage phase (boundary values, missing and wrong-typed fields,
 unexpected methods) and the fuzzing phase, each with schema-valid (positive) and schema-violating (negative)
 data. Every response must pass:
@@ -11,12 +11,14 @@ data. Every response must pass:
 - `content_type_conformance`: the Content-Type is the one documented for that status;
 - `response_schema_conformance`: the body validates against the documented schema;
 - `negative_data_rejection`: a schema-violating request is refused (400, 405, 413 or 415);
-- `response_headers_conformance`, `unsupported_method` (405 with Allow), `allow_header_conformance`.
+- `response_headers_conformance`, `unsupported_method` (405 with Allow), `allow_header_conformance`;
+- `ignored_auth`: requests are sent with an admin bearer token; schemathesis also sends each one without it
+  and with a made-up one, and every operation the document marks secured must then answer 401.
 
 Left out: `positive_data_acceptance` (a schema-valid request must get a 2xx). The context is an opaque token:
 its schema can only say "a string", yet the node rightly refuses strings it did not issue (400
 `invalid_context`); 404 for a key never written and 413 for key plus value over the limit are right too.
-The checks about auth and resource lifecycles (`ignored_auth`, `use_after_free`, ...) have nothing to check here.
+The checks about resource lifecycles (`use_after_free`, ...) have nothing to check here.
 
 Why the command line and not `schemathesis.pytest.from_fixture`: with pytest 9.2 its lazy loader fails
 (`'Function' object has no attribute '_nodeid'`, schemathesis 4.32.5); the command line runs every phase,
@@ -46,6 +48,8 @@ from xml.etree import ElementTree
 
 import pytest
 
+from ringkv.security import certs, tokens
+
 NODE_DIR = Path(__file__).resolve().parents[2] / "node"
 READY_RE = re.compile(r"^ringkv node fuzz ready on (http://127\.0\.0\.1:\d+)$")
 READY_TIMEOUT_S = 20.0
@@ -63,6 +67,7 @@ CHECKS = (
     "response_headers_conformance",
     "unsupported_method",
     "allow_header_conformance",
+    "ignored_auth",
 )
 # A schema-violating request must be refused with one of these (schemathesis's default list lacks 413, which is
 # right for a key over the limit, and has 404, which would mean the node took the request as a valid read).
@@ -105,10 +110,19 @@ class Node:
 
     def __init__(self, data_dir: Path, log_path: Path) -> None:
         self.log_path = log_path
+        certs_dir = data_dir.parent / "certs"
+        ca = certs.create_ca("ringkv")
+        pair = certs.create_node(ca, "ringkv", "fuzz", ["127.0.0.1"])
+        certs.write(certs_dir / certs.CA_CERT, ca.cert_pem)
+        certs.write(certs_dir / certs.NODE_CERT, pair.cert_pem)
+        certs.write(certs_dir / certs.NODE_KEY, pair.key_pem, secret=True)
+        self.token = tokens.new_token()
+        certs.write(certs_dir / "tokens", tokens.render([tokens.Entry("fuzz", "admin", tokens.digest(self.token))])
+                    .encode(), secret=True)
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ringkv.cli", "node", "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                 "--port", "0", "--node-id", "fuzz", "--durability", "off", "--insecure"],
+                 "--port", "0", "--node-id", "fuzz", "--durability", "off", "--certs-dir", str(certs_dir)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_child_env(),
             )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -151,9 +165,10 @@ class Node:
         return self.proc.wait()
 
 
-def schemathesis_command(config: Path, document: Path, base_url: str, junit: Path) -> list[str]:
+def schemathesis_command(config: Path, document: Path, base_url: str, junit: Path, token: str) -> list[str]:
     return [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(document),
-            "--url", base_url, "--no-color", "--report", "junit", "--report-junit-path", str(junit)]
+            "--url", base_url, "--no-color", "--report", "junit", "--report-junit-path", str(junit),
+            "--header", f"Authorization: Bearer {token}"]
 
 
 def operations(document: dict[str, Any]) -> set[str]:
@@ -186,7 +201,7 @@ def test_node_answers_as_documented(tmp_path: Path) -> None:
         (work / "openapi.json").write_text(json.dumps(document))
         (work / "schemathesis.toml").write_text(CONFIG)
         junit = work / "junit.xml"
-        command = schemathesis_command(work / "schemathesis.toml", work / "openapi.json", url, junit)
+        command = schemathesis_command(work / "schemathesis.toml", work / "openapi.json", url, junit, node.token)
         started = time.monotonic()
         try:
             run = subprocess.run(command, cwd=work, env=_child_env(), stdin=subprocess.DEVNULL, capture_output=True,

@@ -18,6 +18,8 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed request: bad JSON, missing or wrong fields, bad context",
+        401: "No credentials (unauthenticated) or a token the cluster does not accept (invalid_token)",
+        403: "The token's role does not allow this (forbidden): read < write < admin",
         404: "Key absent or deleted; carries a context (the tombstone's, or an empty one) to create it with",
         405: "Method not allowed",
         409: "The write would leave more than 100 concurrent versions; resolve them first",
@@ -59,6 +61,23 @@ _GET = {
 }
 
 
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/api/v1/openapi.json")  # no credentials needed (auth.py)
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation outside OPEN_PATHS needs a bearer token (or a client certificate over HTTPS) and may
+    answer 401 and 403 (not on a node run --insecure)."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        if path in OPEN_PATHS:
+            out[path] = item
+            continue
+        out[path] = {method: {**op, "security": [{"bearer": []}],
+                              "responses": {**op["responses"], **_errors(401, 403)}}
+                     for method, op in item.items()}
+    return out
+
+
 @cache
 def document() -> dict[str, Any]:
     value_schema = {"oneOf": [{"type": "string"}, {"type": "array"}, {"type": "object"}],
@@ -73,7 +92,7 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": f"Key plus compact JSON value must be under {MAX_ITEM_BYTES} bytes.",
         },
-        "paths": {
+        "paths": _secured({
             "/api/v1/put": {"post": {
                 "summary": "Write a key",
                 "description": "Without a context: overwrite what this node holds. With the context of a read: "
@@ -122,8 +141,11 @@ def document() -> dict[str, Any]:
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {
                     "type": "object"}}}}}}},
-        },
-        "components": {"schemas": {
+        }),
+        "components": {"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "a token from `ringkv certs create-token` (roles read, write, admin)"}},
+            "schemas": {
             "PutRequest": {"type": "object", "additionalProperties": False, "required": ["key", "value"],
                            "properties": {"key": _KEY_SCHEMA, "value": value_schema,
                                           "context": {**context_schema, "nullable": True}}},
