@@ -28,3 +28,6 @@ antientropy-bench:  ## anti-entropy repair of 1% stale keys (100k x 1 KB, 3 node
 .PHONY: streaming-bench
 streaming-bench:  ## a 4th node joins a 3-node cluster loaded with 200 MiB, stream throttle off and on: join time, MiB/s, client p50/p99 before and during; MB=, THROTTLE_MB_S=, RATE= override
 	bash tools/bootstrap && .venv/bin/python bench/streaming.py --mb $(or $(MB),200) --throttle-mb-s $(or $(THROTTLE_MB_S),32) --rate $(or $(RATE),300)
+.PHONY: tls-bench
+tls-bench:  ## a 3-node cluster's put/get throughput and p99: plaintext, mutual TLS + tokens, + HTTPS, in one run; DURATION= overrides
+	bash tools/bootstrap && .venv/bin/python bench/tls.py --duration $(or $(DURATION),20) --out docs/benchmarks.md

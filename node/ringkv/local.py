@@ -134,6 +134,7 @@ class LocalCluster:
     durability: str = "sync"
     extra_args: list[str] = field(default_factory=list)
     secure: bool = False
+    https: bool = True  # with `secure`: the HTTP API over TLS too
 
     # -- security -------------------------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class LocalCluster:
         if not self.secure:
             return ["--insecure"]
         return ["--certs-dir", os.path.join(node.data_dir, CERTS_DIR), "--tokens-file",
-                os.path.join(self.certs_dir, TOKENS), "--http-tls"]
+                os.path.join(self.certs_dir, TOKENS), *(["--http-tls"] if self.https else [])]
 
     # -- persistence ----------------------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class LocalCluster:
 
     def save(self) -> None:
         doc = {"replication": self.replication, "durability": self.durability, "extra_args": self.extra_args,
-               "secure": self.secure, "nodes": [asdict(n) for n in self.nodes]}
+               "secure": self.secure, "https": self.https, "nodes": [asdict(n) for n in self.nodes]}
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2)
@@ -206,7 +207,8 @@ class LocalCluster:
         except FileNotFoundError:
             return None
         return cls(data_dir, [LocalNode(**n) for n in doc["nodes"]], int(doc["replication"]),
-                   str(doc["durability"]), list(doc.get("extra_args", [])), bool(doc.get("secure", False)))
+                   str(doc["durability"]), list(doc.get("extra_args", [])), bool(doc.get("secure", False)),
+                   bool(doc.get("https", True)))
 
     # -- processes ------------------------------------------------------------------------------------
 
@@ -229,7 +231,7 @@ class LocalCluster:
             if not port_free(port):
                 raise RuntimeError(f"port {port} for {node.node_id} is in use")
         os.makedirs(node.data_dir, exist_ok=True)
-        node.scheme = "https" if self.secure else "http"
+        node.scheme = "https" if self.secure and self.https else "http"
         if self.secure:
             self.ensure_certs()
         with open(node.log_path, "ab") as log:
@@ -307,7 +309,7 @@ class LocalCluster:
 
 
 def up(data_dir: str, nodes: int = 3, base_port: int = 8080, replication: int = 3, durability: str = "sync",
-       extra_args: Sequence[str] = (), secure: bool = False) -> LocalCluster:
+       extra_args: Sequence[str] = (), secure: bool = False, https: bool = True) -> LocalCluster:
     data_dir = os.path.abspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     cluster = LocalCluster.load(data_dir)
@@ -316,7 +318,7 @@ def up(data_dir: str, nodes: int = 3, base_port: int = 8080, replication: int = 
             raise RuntimeError(f"a cluster of {len(cluster.nodes)} nodes is running in {data_dir}; "
                                "run 'ringkv local down' first")
         cluster = LocalCluster(data_dir, plan(data_dir, nodes, base_port, min(replication, nodes)),
-                               min(replication, nodes), durability, list(extra_args), secure)
+                               min(replication, nodes), durability, list(extra_args), secure, https)
     elif cluster.secure != secure and not any(_alive(n.pid) for n in cluster.nodes):
         cluster.secure = secure  # the same nodes, restarted with (or without) security
     for node in cluster.nodes:
