@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn", action="store_true",
                    help="also topology churn: decommission a node, wipe it, rejoin it (streams both ways)")
     p.add_argument("--replay", type=Path, default=None, help="run a saved RUN_DIR/schedule.json again")
+    p.add_argument("--secure", action="store_true",
+                   help="nodes with certificates: mutual TLS between them, an admin token for every request")
     args = p.parse_args(argv)
     out: Path = args.out or Path(f"/tmp/ringkv-faults-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.replay is not None:
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             result = harness.run(seed, out / f"seed-{seed}", nodes=args.nodes, duration_s=args.duration,
                                  clients=args.clients, settle_s=args.settle,
                                  echo=lambda line: print(line, flush=True),
-                                 kinds=nemesis.WITH_CHURN if args.churn else nemesis.KINDS)
+                                 kinds=nemesis.WITH_CHURN if args.churn else nemesis.KINDS, secure=args.secure)
         except netns.Unavailable as e:
             print(f"cannot build network namespaces here: {e}", file=sys.stderr)
             return 2

@@ -10,6 +10,9 @@ Readiness is polled from the root namespace (its bridge address routes there; ev
 `kill9` + `start` (same data dir), `pause` (SIGSTOP) / `resume` (SIGCONT); topology churn: `decommission`
 (the node hands its ranges over and exits by itself) then `rejoin` (data directory wiped, started with no
 `--tokens`: it joins as a new member, waits its turn and streams its ranges before it is ready).
+
+`secure=True`: a CA in RUN_DIR/certs, a certificate per node (for its address), mutual TLS between the nodes
+and an admin token (`token`) that every admin call here sends; client HTTP stays plain.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ringkv import local
+from ringkv.security import certs, tokens
 from tests.faults.netns import Network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +77,8 @@ class NetNode:
 
 
 class NetCluster:
-    def __init__(self, net: Network, run_dir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, net: Network, run_dir: Path, extra_args: list[str] | None = None,
+                 secure: bool = False) -> None:
         self.net = net
         self.run_dir = run_dir
         self.extra_args = list(extra_args or [])
@@ -81,6 +86,32 @@ class NetCluster:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.nodes = [NetNode(i, p.node_id, net.addr(i), Path(p.data_dir), run_dir / "logs" / f"{p.node_id}.log",
                               list(p.tokens)) for i, p in enumerate(planned)]
+        self.secure = secure
+        self.token: str | None = None
+        if secure:
+            self._make_certs()
+
+    def _make_certs(self) -> None:
+        top = self.run_dir / "certs"
+        ca = certs.create_ca("ringkv")
+        self.token = tokens.new_token()
+        certs.write(top / "tokens", tokens.render([tokens.Entry("bench", "admin", tokens.digest(self.token))])
+                    .encode(), secret=True)
+        for node in self.nodes:
+            pair = certs.create_node(ca, "ringkv", node.node_id, [node.host])
+            d = top / node.node_id
+            certs.write(d / certs.CA_CERT, ca.cert_pem)
+            certs.write(d / certs.NODE_CERT, pair.cert_pem)
+            certs.write(d / certs.NODE_KEY, pair.key_pem, secret=True)
+
+    def _security_args(self, node: NetNode) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        return ["--certs-dir", str(self.run_dir / "certs" / node.node_id),
+                "--tokens-file", str(self.run_dir / "certs" / "tokens")]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -96,7 +127,7 @@ class NetCluster:
             *(["--tokens=" + ",".join(map(str, node.tokens))] if node.tokens else []),
             "--replication-factor", str(REPLICATION),
             "--durability", "sync", "--gossip-interval-s", str(GOSSIP_INTERVAL_S), "--data-dir", str(node.data_dir),
-            *([] if any(a.startswith("--certs-dir") for a in self.extra_args) else ["--insecure"]),
+            *self._security_args(node),
             *self.extra_args,
         ])
 
@@ -177,7 +208,8 @@ class NetCluster:
     def decommission(self, node: NetNode) -> int:
         """POST /admin/v1/decommission to `node` (its exit at the end is expected); the HTTP status."""
         url = self.net.check_url(node.url + "/admin/v1/decommission")
-        request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json", **self.headers()})
         node.killed = True  # it stops by itself once it has left: not an unexpected exit
         try:
             with _NO_PROXY.open(request, timeout=5.0) as response:
@@ -212,7 +244,7 @@ class NetCluster:
         """(status, parsed body) of GET node.url+path; status 0 when no answer."""
         url = self.net.check_url(node.url + path)
         try:
-            with _NO_PROXY.open(url, timeout=timeout_s) as response:
+            with _NO_PROXY.open(urllib.request.Request(url, headers=self.headers()), timeout=timeout_s) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, None

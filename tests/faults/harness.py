@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import tempfile
 import time
 from collections import Counter
@@ -209,7 +210,7 @@ async def _exercise(plan: CheckPlan, cluster: NetCluster, nem: nemesis.Nemesis, 
 
 def run(seed: int, run_dir: Path, nodes: int = 5, duration_s: float = 55.0, clients: int = 10,
         settle_s: float = DEFAULT_SETTLE_S, events: list[nemesis.Planned] | None = None,
-        echo: Callable[[str], None] = print, kinds: Sequence[str] = nemesis.KINDS) -> RunResult:
+        echo: Callable[[str], None] = print, kinds: Sequence[str] = nemesis.KINDS, secure: bool = False) -> RunResult:
     """One run. Raises `netns.Unavailable` when namespaces cannot be made here; any other error is raised
     with the run directory named (where the schedule and the node logs are)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,9 @@ def run(seed: int, run_dir: Path, nodes: int = 5, duration_s: float = 55.0, clie
     echo(f"fault run: seed {seed}, {nodes} nodes, {duration_s:.0f}s of workload, {len(planned)} events; "
          f"run dir {run_dir}")
     with netns.network(nodes) as net:
-        cluster = NetCluster(net, run_dir)
+        cluster = NetCluster(net, run_dir, secure=secure)
+        if cluster.token:  # the workload's clients read their token from the environment (security/credentials)
+            os.environ["RINGKV_TOKEN"] = cluster.token
         nem: nemesis.Nemesis | None = None
         try:
             cluster.start_all()

@@ -1,10 +1,10 @@
 """Fuzz a real node process against its own OpenAPI document (schemathesis).
 
 One secure `ringkv node` process (its own CA and certificate, a tokens file; durability off, data in a
-temporary directory, listening on 127.0.0.1 only) is started and its `GET /api/v1/openapi.json` fetched; `schemathesis run` then sends, for every operation in that
-document, generated requests to the node: the coverage phase (boundary values, missing and wrong-typed fields,
-unexpected methods) and the fuzzing phase, each with schema-valid (positive) and schema-violating (negative)
-data. Every response must pass:
+temporary directory, listening on 127.0.0.1 only) is started and its `GET /api/v1/openapi.json` fetched;
+`schemathesis run` then sends, for every operation in that document, generated requests to the node: the
+coverage phase (boundary values, missing and wrong-typed fields, unexpected methods) and the fuzzing phase,
+each with schema-valid (positive) and schema-violating (negative) data. Every response must pass:
 
 - `not_a_server_error`: no 5xx;
 - `status_code_conformance`: the status is one the document lists for that operation;
