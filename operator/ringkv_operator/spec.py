@@ -19,13 +19,15 @@ PLURAL = "kvclusters"
 
 # `ringkv node` settings a KVCluster may set through spec.config (the CRD lists the same). The others the
 # operator derives: data_dir, host, port, peer_port, node_id, advertise_host, seeds, cluster_name,
-# replication_factor, read_quorum, write_quorum, tokens, rack, replace_node (per node, when one is replaced).
+# replication_factor, read_quorum, write_quorum, tokens, rack, replace_node (per node, when one is replaced),
+# and security: insecure, certs_dir, tokens_file, http_tls.
 CONFIG_KEYS = frozenset({
     "durability", "memtable_mb", "max_request_bytes", "log_format", "log_level", "shutdown_timeout_s",
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",
     "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s", "suspect_after_s",
     "aae_enabled", "aae_interval_s", "aae_ranges_per_s", "aae_mb_s", "aae_max_keys", "aae_tree_leaves",
-    "tombstone_grace_s", "stream_mb_s",
+    "tombstone_grace_s", "stream_mb_s", "metrics_auth", "security_reload_s", "http_max_connections",
+    "http_header_timeout_s", "http_keepalive_s", "http_max_header_bytes",
 })
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # A StatefulSet's pods are labelled with "<statefulset>-<10 character revision hash>", at most 63 characters.

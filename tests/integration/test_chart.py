@@ -44,7 +44,8 @@ FULL = ("--set", "cluster.enabled=true", "--set", "serviceMonitor.enabled=true")
 # Node settings the operator derives from the KVCluster; everything else a node takes is spec.config.
 OPERATOR_OWNED_SETTINGS = {"data_dir", "host", "port", "peer_port", "node_id", "advertise_host", "seeds",
                            "cluster_name", "replication_factor", "read_quorum", "write_quorum", "tokens", "rack",
-                           "replace_node"}  # per node, set by whoever replaces one (issue 13: the operator)
+                           "replace_node",  # per node, set by whoever replaces one (issue 13: the operator)
+                          "insecure", "certs_dir", "tokens_file", "http_tls"}  # the cluster's security
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +290,22 @@ def test_kubernetes_validate_strict_rejects_an_unknown_field(tools: Tools, tmp_p
                           timeout=120)
     assert proc.returncode != 0
     assert "livenesProbe" in proc.stdout + proc.stderr
+
+
+def test_network_policy_admits_internode_traffic_only_from_the_clusters_nodes(
+        full_objects: list[dict[str, Any]]) -> None:
+    policy = one(full_objects, "NetworkPolicy")
+    kvcluster = one(full_objects, "KVCluster")
+    nodes = {"app.kubernetes.io/name": "ringkv", "app.kubernetes.io/instance": kvcluster["metadata"]["name"],
+             "app.kubernetes.io/component": "node"}  # the labels the operator puts on the cluster's pods
+    assert policy["spec"]["podSelector"]["matchLabels"] == nodes
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peer, http = policy["spec"]["ingress"]
+    assert peer == {"from": [{"podSelector": {"matchLabels": nodes}}], "ports": [{"protocol": "TCP", "port": 7070}]}
+    assert http == {"ports": [{"protocol": "TCP", "port": 8080}]}  # from anywhere: the API needs a token
+    from ringkv_operator import resources, spec  # the operator labels its pods exactly so
+    assert resources.selector_labels(spec.parse({"metadata": {"name": kvcluster["metadata"]["name"],
+                                                              "namespace": "x"}, "spec": {}})) == nodes
 
 
 def test_servicemonitor_has_the_prometheus_operator_shape(full_objects: list[dict[str, Any]]) -> None:
