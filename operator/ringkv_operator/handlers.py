@@ -22,18 +22,19 @@ spec.storage.deletionPolicy Delete, the nodes' PersistentVolumeClaims.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 
-from ringkv_operator import kube, nodeapi, placement, plan, resources, scaling, status
+from ringkv_operator import credentials, kube, nodeapi, placement, plan, resources, scaling, status
 from ringkv_operator import settings as operator_settings
 from ringkv_operator import spec as specmod
 
@@ -220,6 +221,7 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
         await api.ensure(desired, live, fetched)
 
     api, http, namespace = _api(memo), _http(memo), cluster.namespace
+    headers = await _ensure_security(cluster, api, body, logger, ensure)
     pod_labels = resources.selector_labels(cluster)
     live_sets = [s for s in await api.list(kube.STATEFULSET, namespace, pod_labels) if _owned_by(s, cluster)]
     live = {str(s["metadata"]["name"]): int((s.get("spec") or {}).get("replicas", 1)) for s in live_sets}
@@ -251,7 +253,7 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
                             else ())
         nodes = await nodeapi.observe(http, {str(p["metadata"]["name"]): u for p, u in zip(running, urls,
                                                                                             strict=True)},
-                                      SETTINGS.http_timeout_seconds, leaving)
+                                      SETTINGS.http_timeout_seconds, leaving, headers)
     step = scaling.step(scaling.Inputs(
         cluster, committed, live, {str(p["metadata"]["name"]): plan.pod_ready(p) for p in pods}, claims,
         operation, nodes, _now(), template_changed, target, placement.violation(placed, cluster), rack_of, zones))
@@ -268,7 +270,7 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
     for event in step.events:
         logger.info("%s: %s", event.reason, event.message)
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    await _act(step, cluster, running, memo, logger)
+    await _act(step, cluster, running, memo, logger, headers)
 
     shape = scaling.shape_of(cluster, step.replicas, rack_of, zones)
     wanted_sets = resources.statefulsets(cluster, shape, SETTINGS)
@@ -297,7 +299,7 @@ async def _reconcile(cluster: specmod.ClusterSpec, body: kopf.Body, previous: Ma
 
     ready = [p for p in running if plan.pod_ready(p)]
     urls = nodeapi.node_urls(SETTINGS.node_url_template, ready, resources.peer_service_name(cluster.name))
-    members, error = await nodeapi.members(http, urls, SETTINGS.http_timeout_seconds)
+    members, error = await nodeapi.members(http, urls, SETTINGS.http_timeout_seconds, headers)
     applied = [desired if lv is None or desired["metadata"]["name"] in go else lv for desired, lv in pairs]
     observed = status.Observed(statefulsets=applied, pods=pods, members=members, members_error=error,
                                pending_rollout=pending, step=step)
@@ -322,8 +324,30 @@ def _merge(new: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+async def _ensure_security(cluster: specmod.ClusterSpec, api: kube.Api, body: kopf.Body, logger: kopf.Logger,
+                           ensure: Callable[[Mapping[str, Any]], Awaitable[None]]) -> dict[str, str]:
+    """The cluster's Secrets (CA, node certificate, tokens) made, renewed or left alone; the admin headers."""
+    if not cluster.secure:
+        return {}
+    names = [resources.tokens_secret_name(cluster.name), resources.admin_token_secret_name(cluster.name),
+             resources.ca_secret_name(cluster.name), resources.node_tls_secret_name(cluster.name)]
+    live: dict[str, dict[str, bytes] | None] = {}
+    for name in names:
+        found = await api.get(kube.SECRET, cluster.namespace, name)
+        if found is not None and not _owned_by(found, cluster):
+            raise kopf.TemporaryError(f"Secret {name} exists and is not this KVCluster's", delay=RETRY_SECONDS)
+        live[name] = None if found is None else {k: base64.b64decode(v) for k, v in (found.get("data") or {}).items()}
+    decided = credentials.desired(cluster, live, datetime.datetime.now(datetime.UTC))
+    for obj in decided.objects:
+        await ensure(obj)
+    for change in decided.changes:
+        logger.info("%s: %s", cluster.name, change)
+        kopf.event(body, type="Normal", reason="Certificates", message=change)
+    return decided.headers()
+
+
 async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[dict[str, Any]], memo: kopf.Memo,
-               logger: kopf.Logger) -> None:
+               logger: kopf.Logger, headers: Mapping[str, str]) -> None:
     api, http, namespace = _api(memo), _http(memo), cluster.namespace
     for action in step.actions:
         if action.kind == "decommission":
@@ -331,7 +355,7 @@ async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[d
             if pod is None:
                 continue
             [url] = nodeapi.node_urls(SETTINGS.node_url_template, [pod], resources.peer_service_name(cluster.name))
-            code, answer = await nodeapi.decommission(http, url, SETTINGS.http_timeout_seconds)
+            code, answer = await nodeapi.decommission(http, url, SETTINGS.http_timeout_seconds, headers)
             if code in (200, 202):
                 logger.info("decommission of %s: %s", action.name, (answer or {}).get("id"))
             else:

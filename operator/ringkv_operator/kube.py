@@ -48,8 +48,10 @@ PVC = Kind("v1", "persistentvolumeclaims")
 STATEFULSET = Kind("apps/v1", "statefulsets")
 PDB = Kind("policy/v1", "poddisruptionbudgets")
 KVCLUSTER = Kind("ringkv.io/v1alpha1", "kvclusters")
+SECRET = Kind("v1", "secrets")
+CERTIFICATE = Kind("cert-manager.io/v1", "certificates")
 KINDS = {"ConfigMap": CONFIG_MAP, "Service": SERVICE, "Pod": POD, "PersistentVolumeClaim": PVC,
-         "StatefulSet": STATEFULSET, "PodDisruptionBudget": PDB}
+         "StatefulSet": STATEFULSET, "PodDisruptionBudget": PDB, "Secret": SECRET, "Certificate": CERTIFICATE}
 
 
 class ApiError(Exception):

@@ -1,6 +1,7 @@
 """The operator as a client of the nodes' HTTP API (the only way it learns about the ring: it never imports the
 node's code): `GET /admin/v1/members` of one ready node for the status; every node's own `/admin/v1/node`,
 `/admin/v1/members` and operations for the scaling policy (`observe`); `POST /admin/v1/decommission`.
+Every call carries the cluster's admin token (`headers`, from its NAME-admin-token Secret) unless insecure.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def node_urls(template: str, pods: Sequence[Mapping[str, Any]], service: str) ->
     return out
 
 
-async def members(session: aiohttp.ClientSession, urls: Sequence[str],
-                  timeout_s: float) -> tuple[list[dict[str, Any]] | None, str]:
+async def members(session: aiohttp.ClientSession, urls: Sequence[str], timeout_s: float,
+                  headers: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]] | None, str]:
     """The ring's members as the first answering node sees them, or (None, why not)."""
     errors = []
     for url in urls:
         try:
-            async with session.get(url.rstrip("/") + "/admin/v1/members",
+            async with session.get(url.rstrip("/") + "/admin/v1/members", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 if response.status != 200:
                     errors.append(f"{url}: HTTP {response.status}")
@@ -57,22 +58,23 @@ async def members(session: aiohttp.ClientSession, urls: Sequence[str],
     return None, "; ".join(errors[:3]) or "no ready node to ask"
 
 
-async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float,
+               headers: Mapping[str, str] | None = None) -> Any:
+    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
         if response.status != 200:
             raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
         return await response.json()
 
 
 async def node_view(session: aiohttp.ClientSession, pod: str, url: str, timeout_s: float,
-                    operations: bool = False) -> NodeView:
+                    operations: bool = False, headers: Mapping[str, str] | None = None) -> NodeView:
     """How the node describes itself; unreachable (or an answer that is not one) gives `reachable=False`."""
     base = url.rstrip("/")
     try:
-        calls = [_get(session, base + "/admin/v1/node", timeout_s), _get(session, base + "/admin/v1/members",
-                                                                         timeout_s)]
+        calls = [_get(session, base + "/admin/v1/node", timeout_s, headers),
+                 _get(session, base + "/admin/v1/members", timeout_s, headers)]
         if operations:
-            calls.append(_get(session, base + "/admin/v1/operations", timeout_s))
+            calls.append(_get(session, base + "/admin/v1/operations", timeout_s, headers))
         docs = await asyncio.gather(*calls)
         node, members = docs[0], docs[1]
         listed = [m for m in members.get("members") or [] if isinstance(m, dict)]
@@ -92,16 +94,19 @@ async def node_view(session: aiohttp.ClientSession, pod: str, url: str, timeout_
 
 
 async def observe(session: aiohttp.ClientSession, pods: Mapping[str, str], timeout_s: float,
-                  operations_of: frozenset[str] = frozenset()) -> dict[str, NodeView]:
+                  operations_of: frozenset[str] = frozenset(),
+                  headers: Mapping[str, str] | None = None) -> dict[str, NodeView]:
     """Every pod's NodeView (pods: name -> admin URL), asked at once."""
     names = sorted(pods)
-    views = await asyncio.gather(*(node_view(session, p, pods[p], timeout_s, p in operations_of) for p in names))
+    views = await asyncio.gather(*(node_view(session, p, pods[p], timeout_s, p in operations_of, headers)
+                                   for p in names))
     return dict(zip(names, views, strict=True))
 
 
-async def decommission(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[int, Any]:
+async def decommission(session: aiohttp.ClientSession, url: str, timeout_s: float,
+                       headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """POST /admin/v1/decommission: (status, body); 202 started, 200 already running, 400 refused."""
-    async with session.post(url.rstrip("/") + "/admin/v1/decommission", json={},
+    async with session.post(url.rstrip("/") + "/admin/v1/decommission", json={}, headers=headers,
                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
         try:
             body = await response.json()

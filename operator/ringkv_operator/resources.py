@@ -9,6 +9,8 @@ Per KVCluster NAME in namespace NS:
     Service              NAME          the HTTP API (port "http" 8080) over ready nodes; scraped for metrics
     PodDisruptionBudget  NAME          maxUnavailable 1 over all the cluster's nodes
     StatefulSet          NAME          the nodes; with racks one per rack, NAME-RACK, pinned to the rack's zone
+    Secrets              NAME-ca, NAME-node-tls, NAME-tokens, NAME-admin-token (`certs`; unless insecure)
+    Certificate          NAME-node-tls (cert-manager.io, with spec.security.mode cert-manager, instead of NAME-ca)
 
 Every object carries the cluster's labels and a controller ownerReference to the KVCluster. A node's identity
 is its pod name (RINGKV_NODE_ID); it advertises its pod DNS name; it allocates its own tokens at first start
@@ -17,12 +19,13 @@ is its pod name (RINGKV_NODE_ID); it advertises its pod DNS name; it allocates i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ringkv_operator import plan
+from ringkv_operator import certs, plan
 from ringkv_operator import spec as specmod
 from ringkv_operator.settings import Settings
 
@@ -38,6 +41,31 @@ CONTAINER = "ringkv"
 # its memtable; the grace period leaves room for both before SIGKILL.
 MIN_GRACE_SECONDS = 60
 FLUSH_MARGIN_SECONDS = 30
+
+
+CERTS_MOUNT = "/etc/ringkv/certs"
+TOKENS_MOUNT = "/etc/ringkv/tokens"
+
+
+def cluster_name(spec: specmod.ClusterSpec) -> str:
+    """The nodes' --cluster-name (and their certificate's cluster): unique across namespaces."""
+    return f"{spec.namespace}/{spec.name}"
+
+
+def ca_secret_name(name: str) -> str:
+    return f"{name}-ca"
+
+
+def node_tls_secret_name(name: str) -> str:
+    return f"{name}-node-tls"
+
+
+def tokens_secret_name(name: str) -> str:
+    return f"{name}-tokens"
+
+
+def admin_token_secret_name(name: str) -> str:
+    return f"{name}-admin-token"
 
 
 def config_map_name(name: str) -> str:
@@ -104,7 +132,7 @@ def node_settings(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet]) -> d
         "RINGKV_PORT": str(HTTP_PORT),
         "RINGKV_PEER_PORT": str(PEER_PORT),
         "RINGKV_DATA_DIR": DATA_DIR,
-        "RINGKV_CLUSTER_NAME": f"{spec.namespace}/{spec.name}",
+        "RINGKV_CLUSTER_NAME": cluster_name(spec),
         "RINGKV_SEEDS": ",".join(f"{node_address(spec, pod)}:{PEER_PORT}" for pod in plan.seeds(spec)),
         "RINGKV_REPLICATION_FACTOR": str(spec.replication_factor),
         "RINGKV_READ_QUORUM": str(spec.read_quorum),
@@ -193,9 +221,58 @@ def _affinity(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, An
     return affinity
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http", "scheme": "HTTP"}, "periodSeconds": period,
-            "timeoutSeconds": 5, "failureThreshold": failures}
+def _probe(path: str, period: int, failures: int, https: bool = False) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http", "scheme": "HTTPS" if https else "HTTP"},
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+# -- security ----------------------------------------------------------------------------------------------------
+
+
+def node_dns_names(spec: specmod.ClusterSpec) -> list[str]:
+    """The names in the nodes' certificate: every pod by its peer-Service name, the client Service, loopback."""
+    peers, ns, out = peer_service_name(spec.name), spec.namespace, []
+    for domain in (f"{ns}.svc", f"{ns}.svc.cluster.local"):
+        out += [f"*.{peers}.{domain}", f"{spec.name}.{domain}"]
+    return [*out, f"{spec.name}.{ns}", spec.name, "localhost", "127.0.0.1"]
+
+
+def secret(spec: specmod.ClusterSpec, name: str, data: Mapping[str, bytes], kind: str = "Opaque") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind,
+            "metadata": _metadata(spec, name, {"app.kubernetes.io/component": "security"}),
+            "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}}
+
+
+def certificate(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    """The cert-manager Certificate of the nodes (spec.security.mode cert-manager): into NAME-node-tls."""
+    assert spec.issuer is not None
+    name, kind, group = spec.issuer
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": _metadata(spec, node_tls_secret_name(spec.name), {"app.kubernetes.io/component": "security"}),
+            "spec": {"secretName": node_tls_secret_name(spec.name), "commonName": f"ringkv nodes {spec.name}"[:64],
+                     "dnsNames": [n for n in node_dns_names(spec) if not n[0].isdigit()],
+                     "ipAddresses": ["127.0.0.1"], "uris": [certs.node_identity(cluster_name(spec))],
+                     "usages": ["server auth", "client auth", "digital signature"],
+                     "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                     "duration": f"{certs.NODE_DAYS * 24}h", "issuerRef": {"name": name, "kind": kind, "group": group}}}
+
+
+def _security_env(spec: specmod.ClusterSpec) -> list[dict[str, Any]]:
+    if not spec.secure:
+        return [{"name": "RINGKV_INSECURE", "value": "true"}]
+    env = [{"name": "RINGKV_CERTS_DIR", "value": CERTS_MOUNT},
+           {"name": "RINGKV_TOKENS_FILE", "value": f"{TOKENS_MOUNT}/tokens"}]
+    return env + ([{"name": "RINGKV_HTTP_TLS", "value": "true"}] if spec.https else [])
+
+
+def _security_volumes(spec: specmod.ClusterSpec) -> list[dict[str, Any]]:
+    if not spec.secure:
+        return []
+    items = [{"key": "ca.crt", "path": "ca.crt"}, {"key": "tls.crt", "path": "node.crt"},
+             {"key": "tls.key", "path": "node.key"}]
+    return [{"name": "certs", "secret": {"secretName": node_tls_secret_name(spec.name), "items": items,
+                                         "defaultMode": 0o440}},
+            {"name": "tokens", "secret": {"secretName": tokens_secret_name(spec.name), "defaultMode": 0o440}}]
 
 
 def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Settings) -> dict[str, Any]:
@@ -203,9 +280,7 @@ def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Sett
         {"name": "RINGKV_NODE_ID", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         {"name": "RINGKV_ADVERTISE_HOST",
          "value": f"$(RINGKV_NODE_ID).{peer_service_name(spec.name)}.{spec.namespace}.svc"},
-        # Nodes refuse to start without certificates unless told otherwise; until the operator issues the
-        # cluster's certificates and tokens, its clusters run without TLS (docs/security.md).
-        {"name": "RINGKV_INSECURE", "value": "true"},
+        *_security_env(spec),
     ]
     if rack_set.rack is not None:
         env.append({"name": "RINGKV_RACK", "value": rack_set.rack})
@@ -219,12 +294,14 @@ def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Sett
         "envFrom": [{"configMapRef": {"name": config_map_name(spec.name)}}],
         "env": env,
         # Up to 10 minutes to open storage (replaying a large commit log) and join the ring before liveness.
-        "startupProbe": _probe("/health", 5, 120),
-        "livenessProbe": _probe("/health", 10, 6),
-        "readinessProbe": _probe("/ready", 5, 3),
+        "startupProbe": _probe("/health", 5, 120, spec.https),
+        "livenessProbe": _probe("/health", 10, 6, spec.https),
+        "readinessProbe": _probe("/ready", 5, 3, spec.https),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"},
+                         *([{"name": "certs", "mountPath": CERTS_MOUNT, "readOnly": True},
+                            {"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}] if spec.secure else [])],
     }
     if spec.resources:
         container["resources"] = dict(spec.resources)
@@ -269,7 +346,7 @@ def statefulset(spec: specmod.ClusterSpec, rack_set: plan.RackSet, shape: Sequen
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "affinity": _affinity(spec, rack_set),
                     "containers": [_container(spec, rack_set, settings)],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *_security_volumes(spec)],
                 },
             },
             "volumeClaimTemplates": [claim],

@@ -29,6 +29,7 @@ CONFIG_KEYS = frozenset({
     "tombstone_grace_s", "stream_mb_s", "metrics_auth", "security_reload_s", "http_max_connections",
     "http_header_timeout_s", "http_keepalive_s", "http_max_header_bytes",
 })
+SECURITY_MODES = ("operator", "cert-manager", "insecure")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # A StatefulSet's pods are labelled with "<statefulset>-<10 character revision hash>", at most 63 characters.
 MAX_STATEFULSET_NAME = 52
@@ -64,6 +65,14 @@ class ClusterSpec:
     # Not from the spec: the seed pods the cluster was created with (status.placement), set by the handlers so
     # that racks added or removed later do not change every pod's template. Empty: `plan.seeds` derives them.
     seed_pods: tuple[str, ...] = ()
+    # spec.security: who issues the nodes' certificate (the operator, cert-manager), or none at all
+    security: str = "operator"  # operator | cert-manager | insecure
+    issuer: tuple[str, str, str] | None = None  # cert-manager issuerRef (name, kind, group)
+    https: bool = False  # the HTTP API over TLS too
+
+    @property
+    def secure(self) -> bool:
+        return self.security != "insecure"
 
     @property
     def quorum(self) -> int:
@@ -118,6 +127,19 @@ def parse(body: Mapping[str, Any]) -> ClusterSpec:
         raise SpecError(f"StatefulSet name {longest!r} would be longer than {MAX_STATEFULSET_NAME} characters; "
                         "choose a shorter KVCluster or rack name")
 
+    security = spec.get("security") or {}
+    mode = security.get("mode", "operator")
+    if mode not in SECURITY_MODES:
+        raise SpecError(f"spec.security.mode must be one of {', '.join(SECURITY_MODES)}")
+    ref = security.get("issuerRef") or {}
+    issuer = (str(ref.get("name", "")), str(ref.get("kind") or "Issuer"),
+              str(ref.get("group") or "cert-manager.io")) if ref else None
+    if mode == "cert-manager" and (issuer is None or not issuer[0]):
+        raise SpecError("spec.security.mode cert-manager needs spec.security.issuerRef.name")
+    https = bool(security.get("https", False))
+    if https and mode == "insecure":
+        raise SpecError("spec.security.https needs certificates: mode operator or cert-manager")
+
     config = spec.get("config") or {}
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
@@ -130,4 +152,5 @@ def parse(body: Mapping[str, Any]) -> ClusterSpec:
         storage_class=storage.get("storageClassName") or None, delete_volumes=policy == "Delete",
         resources=dict(spec.get("resources") or {}), racks=tuple(racks),
         config=tuple(sorted((key, _config_value(value)) for key, value in config.items())),
+        security=mode, issuer=issuer, https=https,
     )

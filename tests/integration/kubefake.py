@@ -30,6 +30,7 @@ Every wait has a deadline; every process is stopped on close; all traffic stays 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -198,6 +199,15 @@ class World:
     def kvcluster(self, name: str) -> dict[str, Any] | None:
         return self.api.get(f"{KVC}/{name}")
 
+    def token(self, name: str) -> str:
+        """The admin token of KVCluster `name`, from the Secret the operator made; from now on the token the
+        test's clients send (RINGKV_TOKEN: `http_json`, `topology_helpers`, `ringkv.client`; reset on exit)."""
+        secret = wait_for(f"Secret {name}-admin-token", lambda: self.api.get(
+            f"/api/v1/namespaces/{NS}/secrets/{name}-admin-token"), 60, diagnose=self.diagnose)
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        os.environ["RINGKV_TOKEN"] = token
+        return token
+
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         conditions = ((self.kvcluster(name) or {}).get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c["type"] == type_), {})
@@ -230,6 +240,7 @@ def world(workdir: Path, operator: bool = True, honour_min_ready: bool = False) 
             wait_for("the operator to watch KVClusters", lambda: api.watching("kvclusters"), 60, diagnose=kopf.tail)
         yield World(api, kopf, controllers)
     finally:
+        os.environ.pop("RINGKV_TOKEN", None)
         if kopf is not None:
             kopf.stop()
         if controllers is not None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import socket
 import threading
 import time
@@ -58,10 +59,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_json(url: str, body: Any = None) -> Any:
+def http_json(url: str, body: Any = None, token: str | None = None) -> Any:
+    """GET (or POST `body` to) a node; `token`: the cluster's admin token (`World.token`)."""
+    token = token or os.environ.get("RINGKV_TOKEN")  # `World.token` sets it
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                 method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 method="POST" if body is not None else "GET", headers=headers)
     with urllib.request.urlopen(req, timeout=10) as response:
         return json.loads(response.read())
 
@@ -124,6 +127,7 @@ class Emulator:
         "v1/configmaps": {"kind": "ConfigMap", "namespaced": True},
         "v1/persistentvolumeclaims": {"kind": "PersistentVolumeClaim", "namespaced": True},
         "v1/events": {"kind": "Event", "namespaced": True},
+        "v1/secrets": {"kind": "Secret", "namespaced": True},
         "v1/namespaces": {"kind": "Namespace", "namespaced": False},  # kopf's backbone resources
         "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition",
                                                               "namespaced": False},

@@ -52,10 +52,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .kubefake_api import CONFIGMAPS, NS, PODS, PVCS, STS, Emulator, _now, free_port
+from .kubefake_secrets import MissingSecret, SecretVolumes
 from .nodes import NodeProcess
 
 NODE_START_S = 45.0  # the first node waits up to 10 s for the second seed before it allocates tokens alone
 POLL_S = 0.2  # how often every loop looks at the API
+SECRET_SYNC_S = 1.0  # how often a kubelet refreshes its pods' Secret volumes (a real one: about a minute)
 BACKOFF_S = 0.5  # the kubelet's restart back-off: doubles per crash up to BACKOFF_MAX_S,
 BACKOFF_MAX_S = 4.0  # back to BACKOFF_S once a container has run BACKOFF_RESET_S
 BACKOFF_RESET_S = 10.0
@@ -89,6 +91,7 @@ class Pod:
     claim: str
     volume: Path  # the claim's volume directory, mounted as "data"
     node: NodeProcess
+    secrets: SecretVolumes  # its secret volumes (certificates, tokens), kept current
     restarts: int = 0
     ready: bool = False
     started: bool = False  # has run once (phase Running)
@@ -458,8 +461,10 @@ class Controllers:
             "spec": pod_spec,
             "status": {"phase": "Pending"},
         })
-        node = NodeProcess(volume / "data", node_id=name, log_dir=self.root / "logs" / f"{name}-{uid[:8]}")
-        pod = Pod(name, sts["metadata"]["name"], uid, update, template, claim, volume, node)
+        node = NodeProcess(volume / "data", node_id=name, log_dir=self.root / "logs" / f"{name}-{uid[:8]}",
+                           insecure=False)  # the pod's environment says (RINGKV_INSECURE or certificates)
+        secrets = SecretVolumes(self.api, self.root / "secrets" / f"{name}-{uid[:8]}", template)
+        pod = Pod(name, sts["metadata"]["name"], uid, update, template, claim, volume, node, secrets)
         with self.lock:
             self.pods[name] = pod
             self._log("created", name, update)
@@ -493,7 +498,7 @@ class Controllers:
 
     def _kubelet(self, pod: Pod) -> None:
         """Run the pod's container until its Pod object is deleted; then stop it and let the object go."""
-        backoff, not_before, since = BACKOFF_S, 0.0, 0.0
+        backoff, not_before, since, synced = BACKOFF_S, 0.0, 0.0, 0.0
         while not self._stop.is_set():
             obj = self.api.get(f"{PODS}/{pod.name}")
             if obj is None or _meta(obj).get("uid") != pod.uid or _terminating(obj):
@@ -502,6 +507,11 @@ class Controllers:
             with self.lock:
                 held = pod.name in self._held
             now = time.monotonic()
+            if pod.started and now - synced > SECRET_SYNC_S:  # the kubelet refreshes mounted Secrets
+                with contextlib.suppress(MissingSecret):
+                    if pod.secrets.sync():
+                        self._log("secrets-updated", pod.name)
+                synced = now
             if pod.node.running:
                 if held:
                     pod.node.kill()  # held while it was starting
@@ -522,6 +532,11 @@ class Controllers:
 
     def _run_container(self, pod: Pod, backoff: float) -> tuple[float, float, float]:
         """Start the node; returns (running since, not before, back-off)."""
+        try:
+            pod.secrets.sync()
+        except MissingSecret as e:  # ContainerCreating until it exists
+            self._log("secret-missing", pod.name, str(e))
+            return 0.0, time.monotonic() + POLL_S, backoff
         try:
             pod.node.extra_args = self._flags(pod)
             pod.node.start(NODE_START_S)
@@ -592,6 +607,7 @@ class Controllers:
             seeds.append(f"127.0.0.1:{self._peer_port(host.split('.')[0])}")
         env.update({"RINGKV_SEEDS": ",".join(seeds), "RINGKV_ADVERTISE_HOST": "127.0.0.1",
                     "RINGKV_PEER_PORT": str(self._peer_port(pod.name))})
+        env = {key: pod.secrets.rewrite(value) for key, value in env.items()}  # mounted Secrets: their files
         flags = []
         for key, value in sorted(env.items()):
             if key not in ("RINGKV_HOST", "RINGKV_PORT", "RINGKV_NODE_ID", "RINGKV_DATA_DIR"):  # NodeProcess's

@@ -334,7 +334,8 @@ def test_notes_tell_how_to_reach_the_api(tools: Tools) -> None:
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "kubectl -n ringkv-system port-forward service/ringkv 8080:8080" in notes
     assert "curl -XPOST localhost:8080/api/v1/put" in notes
-    assert "curl 'localhost:8080/api/v1/get?key=hello'" in notes
+    assert "curl 'localhost:8080/api/v1/get?key=hello' -H \"Authorization: Bearer $TOKEN\"" in notes
+    assert "get secret ringkv-admin-token -o jsonpath='{.data.token}'" in notes
 
 
 # -- the operator's objects ------------------------------------------------------------------------------------
@@ -380,6 +381,8 @@ def test_rbac_is_exactly_what_the_operator_needs(default_objects: list[dict[str,
         | {("policy", "poddisruptionbudgets", v) for v in manage}
         | {("", "pods", v) for v in read}
         | {("", "persistentvolumeclaims", v) for v in ("get", "list", "patch", "delete")}
+        | {("", "secrets", v) for v in ("get", "create", "patch")}
+        | {("cert-manager.io", "certificates", v) for v in ("get", "create", "patch")}
         | {(g, "events", "create") for g in ("", "events.k8s.io")}
         | {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in read}
         | {("", "namespaces", v) for v in ("list", "watch")}
@@ -489,7 +492,11 @@ def test_invalid_kvclusters_are_rejected_by_the_schema(kvcluster_schema: dict[st
     ({"replicas": 5, "replicationFactor": 5, "readQuorum": 6}, "readQuorum must not exceed replicationFactor"),
     ({"replicas": 3, "replicationFactor": 1}, "readQuorum must not exceed replicationFactor"),  # R defaults to 2
     ({"replicas": 3, "writeQuorum": 4}, "writeQuorum must not exceed replicationFactor"),
-], ids=["rf-over-replicas", "r-over-rf", "default-r-over-rf", "w-over-rf"])
+    ({"security": {"mode": "cert-manager"}}, "security.mode cert-manager needs security.issuerRef"),
+    ({"security": {"mode": "insecure", "https": True}}, "security.https needs certificates: mode operator or "
+                                                       "cert-manager"),
+], ids=["rf-over-replicas", "r-over-rf", "default-r-over-rf", "w-over-rf", "cert-manager-no-issuer",
+        "https-insecure"])
 def test_invalid_kvclusters_are_rejected_by_cel(kvcluster_schema: dict[str, Any], spec: dict[str, Any],
                                                 complaint: str) -> None:
     new = kvcluster(**spec)

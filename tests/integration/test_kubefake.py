@@ -9,7 +9,9 @@ the ring. Every wait is on a condition with a deadline; ordering is asserted on 
 
 from __future__ import annotations
 
+import datetime
 import functools
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +21,13 @@ import pytest
 
 pytest.importorskip("kmock", reason="kmock is missing (pip install -e '.[dev]')")
 
-from ringkv_operator import plan, resources
+from ringkv_operator import certs, credentials, plan, resources
 from ringkv_operator import spec as specmod
 from ringkv_operator.settings import Settings
 
 from . import kubefake
 from .kubefake import CONFIGMAPS, PODS, PVCS, STS, World, http_json
+from .kubefake_secrets import SECRETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -35,6 +38,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield w
 
 
+TOKEN, DIGEST = certs.new_token()
+
 def create_statefulset(world: World, name: str, replicas: int, **spec: Any) -> dict[str, Any]:
     """The ConfigMap and StatefulSet the operator would write for a KVCluster NAME of that size (RF 1), each
     pod seeding itself; `spec` fields override the StatefulSet's (persistentVolumeClaimRetentionPolicy...)."""
@@ -42,6 +47,11 @@ def create_statefulset(world: World, name: str, replicas: int, **spec: Any) -> d
                                                writeQuorum=1, config={"shutdown_timeout_s": 1}))
     shape = plan.desired_shape(cluster)
     world.api.create(CONFIGMAPS, resources.config_map(cluster, shape))
+    shared = {f"{name}-tokens": {"tokens": certs.tokens_file([("operator", "admin", DIGEST)]).encode()},
+              f"{name}-admin-token": {"token": TOKEN.encode()}}  # one token for every cluster of a test
+    for secret in credentials.desired(cluster, shared, datetime.datetime.now(datetime.UTC)).objects:  # mounted
+        world.api.create(SECRETS, secret)
+    os.environ["RINGKV_TOKEN"] = TOKEN  # what http_json sends (the world's exit removes it)
     [sts] = resources.statefulsets(cluster, shape, Settings())
     env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
     env.append({"name": "RINGKV_SEEDS", "value": f"$(RINGKV_NODE_ID).{resources.peer_service_name(name)}."

@@ -83,6 +83,7 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
     # 1. kubectl apply: the operator builds the objects, each owned by the KVCluster.
     api.create(KVC, kvcluster("demo", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2,
                               image="ringkv:1", storage={"size": "1Gi"}, config={"durability": "batch"}))
+    world.token("demo")  # the clients here send its admin token
     sts = world.wait("the StatefulSet", lambda: api.get(f"{STS}/demo"))
     objects = {
         "StatefulSet demo": sts,
@@ -175,6 +176,7 @@ def test_deletion_policy_delete_removes_the_volumes(world: World) -> None:
     api = world.api
     api.create(KVC, kvcluster("scratch", replicas=1, replicationFactor=1, readQuorum=1, writeQuorum=1,
                               storage={"size": "1Gi", "deletionPolicy": "Delete"}))
+    world.token("scratch")  # the clients here send its admin token
     world.wait("the node of the cluster", lambda: (world.kvcluster("scratch") or {}).get("status", {})
                .get("readyReplicas") == 1, 60)
     assert [c["metadata"]["name"] for c in api.items(PVCS)] == ["data-scratch-0"]
@@ -190,6 +192,7 @@ def test_racks_get_a_statefulset_each_and_roll_one_after_another(world: World) -
     api, controller = world.api, world.controller
     api.create(KVC, kvcluster("ring", replicas=3, racks=[{"name": "a"}, {"name": "b"}, {"name": "c"}],
                               image="ringkv:1", storage={"size": "1Gi"}))
+    world.token("ring")  # the clients here send its admin token
     status = world.wait("three racks of one node Running", lambda: world.running("ring", 3), 120)
     assert sorted(s["metadata"]["name"] for s in api.items(STS)) == ["ring-a", "ring-b", "ring-c"]
     assert {m["nodeId"]: m["rack"] for m in status["members"]} == {"ring-a-0": "a", "ring-b-0": "b", "ring-c-0": "c"}

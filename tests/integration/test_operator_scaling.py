@@ -128,6 +128,7 @@ def test_3_to_5_to_3_under_load_loses_nothing(world: World) -> None:
     api, controller = world.api, world.controller
     api.create(KVC, kvcluster("grow", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2,
                               storage={"size": "1Gi"}, config=CONFIG))
+    world.token("grow")  # the clients here send its admin token
     first = world.wait("3 nodes Running", lambda: settled(world, "grow", 3, 1), 150)
     assert first["statefulSets"] == {"grow": 3} and first["placement"]["racks"] == {}
     load = Load(vias(world, ["grow-0", "grow-1", "grow-2"]), writers=3, pace_s=0.02)
@@ -196,6 +197,7 @@ def test_racked_3_to_6_to_3_grows_round_robin_and_shrinks_in_reverse(world: Worl
     racks = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
     api.create(KVC, kvcluster("ring", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2, racks=racks,
                               storage={"size": "1Gi"}, config=CONFIG))
+    world.token("ring")  # the clients here send its admin token
     watch = Watch(world, "ring")
     first = world.wait("3 racks of one node", lambda: settled(world, "ring", 3, 1), 150)
     # a racked cluster is created one node at a time too
@@ -246,6 +248,7 @@ def test_the_operator_killed_mid_join_and_mid_decommission_resumes(world: World)
     slow = {**CONFIG, "stream_mb_s": "0.1"}  # ~100 KB/s: a node's share of 600 KB streams for seconds
     api.create(KVC, kvcluster("resume", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2,
                               storage={"size": "1Gi"}, config=slow))
+    world.token("resume")  # the clients here send its admin token
     world.wait("3 nodes Running", lambda: settled(world, "resume", 3, 1), 150)
     preload(vias(world, ["resume-0"])[0], 600, "heavy")
     load = Load(vias(world, ["resume-0", "resume-1", "resume-2"]), writers=3, pace_s=0.02)
@@ -294,6 +297,7 @@ def test_refusals_and_drift(world: World) -> None:
     racks = [{"name": "a", "zone": "z1"}, {"name": "b", "zone": "z2"}, {"name": "c", "zone": "z3"}]
     api.create(KVC, kvcluster("guard", replicas=3, replicationFactor=3, readQuorum=2, writeQuorum=2, racks=racks,
                               image="ringkv:1", storage={"size": "1Gi"}, config=CONFIG))
+    world.token("guard")  # the clients here send its admin token
     world.wait("3 nodes Running", lambda: settled(world, "guard", 3, 1), 150)
 
     def refused() -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ import aiohttp
 
 from ringkv import local
 from ringkv.local import LocalCluster, LocalNode
+from ringkv.security.credentials import Credentials
 from tests.integration.cluster_helpers import HTTP_TIMEOUT_S, http_json, pick_base_port
 
 REQUEST_TIMEOUT_S = 5.0  # every aiohttp call of these helpers, connect included
@@ -88,7 +89,7 @@ def _batch(calls: Sequence[tuple[str, str, dict[str, str] | None, Any]]) -> list
     the call failed without an answer (timeout, refused)."""
     async def go() -> list[tuple[int, Any]]:
         semaphore = asyncio.Semaphore(CONCURRENCY)
-        async with aiohttp.ClientSession(timeout=_timeout()) as session:
+        async with aiohttp.ClientSession(timeout=_timeout(), headers=Credentials.from_env().headers()) as session:
             async def one(method: str, url: str, params: dict[str, str] | None, body: Any) -> tuple[int, Any]:
                 async with semaphore:
                     try:
@@ -385,7 +386,8 @@ class Load:
             self.error = e
 
     async def _main(self) -> None:
-        async with aiohttp.ClientSession(timeout=_timeout(), connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with aiohttp.ClientSession(timeout=_timeout(), connector=aiohttp.TCPConnector(limit=0),
+                                         headers=Credentials.from_env().headers()) as session:
             await asyncio.gather(*(self._writer(session, i) for i in range(self.writers)),
                                  *(self._reader(session, i) for i in range(self.readers)))
 

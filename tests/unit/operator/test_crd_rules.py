@@ -180,6 +180,8 @@ def test_the_rules_are_where_they_belong(schema: dict[str, Any]) -> None:
         ("spec.config", presence.format("datacenter")),
         ("spec.config", presence.format("capacity")),
         ("spec.config", presence.format("num_tokens")),
+        ("spec.security", "!has(self.mode) || self.mode != 'cert-manager' || has(self.issuerRef)"),
+        ("spec.security", "!has(self.https) || !self.https || !has(self.mode) || self.mode != 'insecure'"),
     }
 
 

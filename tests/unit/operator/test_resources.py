@@ -158,7 +158,8 @@ def test_pods_run_as_the_images_non_root_user() -> None:
     assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts == {"data": "/var/lib/ringkv", "tmp": "/tmp"}
+    assert mounts == {"data": "/var/lib/ringkv", "tmp": "/tmp", "certs": "/etc/ringkv/certs",
+                      "tokens": "/etc/ringkv/tokens"}
 
 
 def test_grace_period_outlasts_the_nodes_drain() -> None:
