@@ -1,6 +1,8 @@
 # One image for the ringkv node and its Kubernetes operator; only the command differs.
 #
-#   node (default):  ringkv node          every flag is also a RINGKV_* variable (see `ringkv node --help`)
+#   node (default):  ringkv node          every flag is also a RINGKV_* variable (see `ringkv node --help`);
+#                    it needs its certificates (RINGKV_CERTS_DIR: ca.crt, node.crt, node.key, tokens; made by
+#                    `ringkv certs`, or mounted by the operator) or RINGKV_INSECURE=true (docs/security.md)
 #   operator:        kopf run -m ringkv_operator.handlers --all-namespaces --standalone \
 #                         --liveness=http://0.0.0.0:8080/healthz
 #
