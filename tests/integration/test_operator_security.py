@@ -90,3 +90,12 @@ def test_an_expiring_node_certificate_is_renewed_and_taken_without_a_restart(wor
     reasons = [str(e.get("message")) for e in api.items(EVENTS) if e.get("reason") == "Certificates"]
     assert any(m.startswith("issued the node certificate (expires") for m in reasons), reasons
     check_every_acknowledged_key(load, vias(world, ["tls-0"])[0])
+    # No secret in the operator's log or any node's: the admin token, the CA's and the nodes' key lines.
+    secrets = [world.token("tls")] + [line for pem in (ca["ca.key"], key, renewed["tls.key"])
+                                      for line in pem.decode().splitlines() if not line.startswith("-----")]
+    assert world.operator is not None
+    logs = {"operator": world.operator.log.read_text(errors="replace")}
+    logs.update({str(p): p.read_text(errors="replace") for p in (world.controller.root / "logs").rglob("*.stderr")})
+    assert len(logs) >= 4
+    for where, text in logs.items():
+        assert not [s for s in secrets if s in text], f"a secret is in {where}"
