@@ -87,7 +87,8 @@ class Client:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise ClientError(0, "unreachable", f"{method} {path}: {e!r}") from e
+            # str, not repr: an aiohttp error's repr carries the request headers (the bearer token)
+            raise ClientError(0, "unreachable", f"{method} {path}: {type(e).__name__}: {e}") from e
         try:
             body = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:

@@ -22,9 +22,9 @@ Data = Mapping[str, bytes]
 
 @dataclass
 class Plan:
-    objects: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list, repr=False)  # they hold keys and tokens
     changes: list[str] = field(default_factory=list)  # "issued the node certificate (expires 2027-...)"
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
@@ -40,9 +40,12 @@ def desired(spec: specmod.ClusterSpec, live: Mapping[str, Data | None], now: dat
     if tokens and admin and "tokens" in tokens and admin.get("token"):
         token = admin["token"].decode().strip()
         tokens_data: Data = tokens
-    else:
+    else:  # a new admin token; the users' lines of an existing tokens file are kept
         token, digest = certs.new_token()
-        tokens_data = {"tokens": certs.tokens_file([("operator", "admin", digest)]).encode()}
+        kept = [line for line in (tokens or {}).get("tokens", b"").decode(errors="replace").splitlines()
+                if line.strip() and not line.startswith("#") and line.split()[0] != "operator"]
+        text = certs.tokens_file([("operator", "admin", digest)]) + "".join(line + "\n" for line in kept)
+        tokens_data = {"tokens": text.encode()}
         out.changes.append("created the admin token")
     out.admin_token = token
     out.objects.append(resources.secret(spec, tokens_name, tokens_data))

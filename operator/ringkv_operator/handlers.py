@@ -334,7 +334,8 @@ async def _ensure_security(cluster: specmod.ClusterSpec, api: kube.Api, body: ko
     live: dict[str, dict[str, bytes] | None] = {}
     for name in names:
         found = await api.get(kube.SECRET, cluster.namespace, name)
-        if found is not None and not _owned_by(found, cluster):
+        cert_managers = cluster.security == "cert-manager" and name == resources.node_tls_secret_name(cluster.name)
+        if found is not None and not cert_managers and not _owned_by(found, cluster):
             raise kopf.TemporaryError(f"Secret {name} exists and is not this KVCluster's", delay=RETRY_SECONDS)
         live[name] = None if found is None else {k: base64.b64decode(v) for k, v in (found.get("data") or {}).items()}
     decided = credentials.desired(cluster, live, datetime.datetime.now(datetime.UTC))
@@ -374,4 +375,5 @@ async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[d
 
 def _owned_by(obj: Mapping[str, Any], cluster: specmod.ClusterSpec) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("kind") == specmod.KIND and r.get("name") == cluster.name for r in refs)
+    return any(r.get("kind") == specmod.KIND and r.get("name") == cluster.name
+               and (not cluster.uid or r.get("uid") == cluster.uid) for r in refs)

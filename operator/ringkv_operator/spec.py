@@ -139,6 +139,9 @@ def parse(body: Mapping[str, Any]) -> ClusterSpec:
     https = bool(security.get("https", False))
     if https and mode == "insecure":
         raise SpecError("spec.security.https needs certificates: mode operator or cert-manager")
+    if https:  # the nodes would serve only HTTPS and the operator still dials them over HTTP
+        raise SpecError("spec.security.https is not supported by this operator yet (it reaches the nodes over "
+                        "HTTP); leave it out: internode traffic is TLS either way")
 
     config = spec.get("config") or {}
     unknown = sorted(set(config) - CONFIG_KEYS)

@@ -61,7 +61,10 @@ async def _security_reload(app: web.Application) -> AsyncIterator[None]:
     async def forever() -> None:
         while True:
             await asyncio.sleep(app[keys.CONFIG].security_reload_s)
-            security.reload()
+            try:
+                security.reload()
+            except Exception:  # never let rotation stop for good: log it, try again next time
+                log.exception("reloading certificates or tokens failed")
 
     metrics.security.source = security
     task = asyncio.create_task(forever()) if security.secure else None

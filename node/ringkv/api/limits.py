@@ -29,7 +29,8 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._guard: asyncio.TimerHandle | None = None
+        # From the accept: a connection that sends nothing at all is held no longer than a slow one.
+        self._guard: asyncio.TimerHandle | None = self._loop.call_later(self.header_timeout_s, self._expire)
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count

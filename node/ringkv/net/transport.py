@@ -17,9 +17,11 @@ has a timeout; a lost connection fails every pending call on it and the next cal
 for a known node id refuses a welcome from another node (stale DNS, a reused address).
 
 Security: unless the node runs `--insecure`, every connection is TLS with certificates on both sides (mutual;
-`security/tls.py`). The listener accepts plain TCP, stops reading, and upgrades it to TLS before the first
-byte is read, so that a failed handshake (a certificate not signed by the cluster CA, a self-signed one, a
-plaintext peer) is seen, logged and counted here instead of vanishing inside asyncio. After the handshake each
+`security/tls.py`). The listener runs its own accept loop and hands each socket to the TLS layer before the
+first byte is read (`connect_accepted_socket`), so that a failed handshake (a certificate not signed by the
+cluster CA, a self-signed one, a plaintext peer) is seen, logged and counted here instead of vanishing inside
+asyncio (and, unlike pausing a plain connection and calling `start_tls`, no early byte is lost under uvloop;
+at most MAX_CONNECTIONS are held). After the handshake each
 side checks the other's certificate identity (`security/identity.py`): a node of this cluster, and — where the
 node id is known (the hello's on the listening side, `expect` on the dialling side) — that node.
 """
@@ -30,11 +32,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 
@@ -47,6 +50,7 @@ log = logging.getLogger("ringkv.transport")
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT_PER_CONNECTION = 512
+MAX_CONNECTIONS = 1024  # open internode connections a listener holds at most (peers hold one or two each)
 MAX_PENDING_CALLS = 4096  # per peer: past this a call fails at once instead of queueing without bound
 _LEN = struct.Struct(">I")
 _REQUEST, _RESPONSE = 0, 1
@@ -110,14 +114,19 @@ class TransportServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._logged: dict[tuple[str, str], float] = {}
+        self._listener: socket.socket | None = None  # TLS: our own accept loop (`_accept_forever`)
+        self._accepting: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
         if self._tls is None:
             self._server = await asyncio.start_server(self._serve, host, port, backlog=256)
-        else:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(lambda: _Upgrade(self), host, port, backlog=256)
-        return int(self._server.sockets[0].getsockname()[1])
+            return int(self._server.sockets[0].getsockname()[1])
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=256)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_forever(sock))
+        return int(sock.getsockname()[1])
 
     def _refuse(self, peer: str, reason: str, detail: str, who: str | None = None) -> None:
         """Count and log (rate-limited) a refused connection; `who` names the peer in the log (default
@@ -131,40 +140,47 @@ class TransportServer:
             self._logged[(peer, reason)] = now
             log.warning("refused internode connection from %s: %s", who or peer, detail)
 
-    def _accept_tls(self, transport: asyncio.Transport) -> None:
-        """A TCP connection arrived at a TLS listener: reading is paused until `_upgrade` has taken it over."""
-        transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+    async def _accept_forever(self, sock: socket.socket) -> None:
+        """A TLS listener's accept loop: each connection is handed to the TLS layer before any byte is read
+        (`connect_accepted_socket`), so that a failed handshake is seen, logged and counted here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, address = await loop.sock_accept(sock)
+            if len(self._connections) >= MAX_CONNECTIONS:  # unauthenticated connections are bounded too
+                conn.close()
+                self._refuse(str(address[0]), "too_many", f"over {MAX_CONNECTIONS} connections")
+                continue
+            task = loop.create_task(self._upgrade(conn, str(address[0])))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
 
-    async def _upgrade(self, raw: asyncio.Transport) -> None:
+    async def _upgrade(self, conn: socket.socket, peer: str) -> None:
         assert self._tls is not None
         loop = asyncio.get_running_loop()
-        address = raw.get_extra_info("peername")
-        peer = str(address[0]) if isinstance(address, tuple) else str(address)  # the host: one log line per interval
         reader = asyncio.StreamReader(limit=2**16)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            transport = await loop.start_tls(raw, protocol, self._tls.peer_server, server_side=True,
-                                             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=self._tls.peer_server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
         except ssl.SSLError as e:  # a verdict: plaintext, no certificate, one the cluster CA did not sign
-            raw.abort()
+            conn.close()
             self._refuse(peer, "tls", f"TLS handshake failed ({_ssl_reason(e)}): a plaintext peer, or a "
                                       "certificate not signed by this cluster's CA")
             return
         except (OSError, TimeoutError, asyncio.CancelledError) as e:  # the peer went away or stalled
-            raw.abort()
+            conn.close()
             log.debug("TLS handshake with %s did not finish: %r", peer, e)
             return
-        if transport is None:  # the peer went away during the handshake
-            raw.abort()
-            return
-        protocol.connection_made(transport)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         await self._serve(reader, writer)
 
     async def stop(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._listener is not None:
+            self._listener.close()
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -257,16 +273,6 @@ class TransportServer:
             pass
         finally:
             slots.release()
-
-
-class _Upgrade(asyncio.Protocol):
-    """The first protocol of a connection to a TLS listener: hands the transport over before any read."""
-
-    def __init__(self, server: TransportServer) -> None:
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._server._accept_tls(cast(asyncio.Transport, transport))  # uvloop's is not an asyncio.Transport
 
 
 def _ssl_reason(e: BaseException) -> str:

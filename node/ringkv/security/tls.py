@@ -15,9 +15,12 @@ CA from a live context).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
+import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +46,10 @@ class TlsFiles:
     def fingerprint(self) -> str:
         """Changes whenever any of the three files does (their contents, not their times: a Kubernetes
         Secret volume swaps a symlink)."""
-        h = hashlib.sha256()
-        for p in (self.ca, self.cert, self.key):
-            try:
-                h.update(p.read_bytes())
-            except OSError:
-                h.update(b"\0missing")
-        return h.hexdigest()
+        try:
+            return hashlib.sha256(b"".join(p.read_bytes() for p in (self.ca, self.cert, self.key))).hexdigest()
+        except OSError:
+            return "missing"
 
 
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
@@ -81,14 +81,23 @@ class NodeTls:
         self._load()
 
     def _load(self) -> None:
-        fingerprint = self.files.fingerprint()
-        probe = _base(ssl.Purpose.CLIENT_AUTH)  # check the pair first: a half-rotated pair must not land
-        probe.load_cert_chain(self.files.cert, self.files.key)
-        probe.load_verify_locations(cafile=self.files.ca)
-        for ctx in (self.peer_server, self.peer_client, self.http_server):
-            ctx.load_cert_chain(self.files.cert, self.files.key)
-            ctx.load_verify_locations(cafile=self.files.ca)
-        self.not_after = certs.not_after(self.files.cert.read_bytes()).timestamp()
+        # One snapshot of the three files, read once: every context gets the same bytes even if a rotation
+        # rewrites the files meanwhile (OpenSSL loads from paths; the snapshot is a private copy).
+        ca, cert, key = (p.read_bytes() for p in (self.files.ca, self.files.cert, self.files.key))
+        fingerprint = hashlib.sha256(ca + cert + key).hexdigest()
+        with tempfile.TemporaryDirectory(prefix="ringkv-tls-") as tmp:
+            snap = TlsFiles.in_dir(tmp)
+            for path, data in ((snap.ca, ca), (snap.cert, cert), (snap.key, key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            probe = _base(ssl.Purpose.CLIENT_AUTH)  # check the pair first: a half-rotated pair must not land
+            probe.load_cert_chain(snap.cert, snap.key)
+            probe.load_verify_locations(cafile=snap.ca)
+            for ctx in (self.peer_server, self.peer_client, self.http_server):
+                ctx.load_cert_chain(snap.cert, snap.key)
+                ctx.load_verify_locations(cafile=snap.ca)
+        self.not_after = certs.not_after(cert).timestamp()
         self._fingerprint = fingerprint
 
     def reload(self) -> bool:
@@ -105,5 +114,5 @@ class NodeTls:
             return False
         self.reloads += 1
         log.info("TLS certificate reloaded from %s (valid until %s)", self.files.cert,
-                 certs.not_after(self.files.cert.read_bytes()).isoformat())
+                 datetime.datetime.fromtimestamp(self.not_after, datetime.UTC).isoformat())
         return True

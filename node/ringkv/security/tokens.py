@@ -51,9 +51,10 @@ def digest(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-def parse(text: str, source: str = "tokens file") -> list[Entry]:
-    """The entries of a tokens file; ValueError naming the line of the first malformed one."""
+def parse_lenient(text: str, source: str = "tokens file") -> tuple[list[Entry], list[str]]:
+    """The well-formed entries of a tokens file, and what is wrong with the other lines (skipped)."""
     entries: list[Entry] = []
+    problems: list[str] = []
     names: set[str] = set()
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -61,11 +62,20 @@ def parse(text: str, source: str = "tokens file") -> list[Entry]:
             continue
         parts = line.split()
         if len(parts) != 3 or not _NAME.match(parts[0]) or parts[1] not in ROLES or not _HASH.match(parts[2]):
-            raise ValueError(f"{source} line {number}: expected '<name> <read|write|admin> sha256:<hex>'")
-        if parts[0] in names:
-            raise ValueError(f"{source} line {number}: token name {parts[0]!r} appears twice")
-        names.add(parts[0])
-        entries.append(Entry(parts[0], parts[1], parts[2]))
+            problems.append(f"{source} line {number}: expected '<name> <read|write|admin> sha256:<hex>'")
+        elif parts[0] in names:
+            problems.append(f"{source} line {number}: token name {parts[0]!r} appears twice")
+        else:
+            names.add(parts[0])
+            entries.append(Entry(parts[0], parts[1], parts[2]))
+    return entries, problems
+
+
+def parse(text: str, source: str = "tokens file") -> list[Entry]:
+    """The entries of a tokens file; ValueError naming the line of the first malformed one."""
+    entries, problems = parse_lenient(text, source)
+    if problems:
+        raise ValueError(problems[0])
     return entries
 
 
@@ -96,26 +106,34 @@ class TokenStore:
         self._text = text
 
     def reload(self) -> bool:
-        """Re-read the file if it changed; a malformed or unreadable file keeps the current tokens."""
+        """Re-read the file if it changed. Fails closed: a malformed line is skipped (the token on it stops
+        working, the others go on), an unreadable or missing file admits no token at all."""
         if self.path is None:
             return False
         try:
             text = self.path.read_text()
-            if text == self._text:
-                return False
-            self._load(text)
-        except (OSError, ValueError) as e:
+        except (OSError, UnicodeError) as e:
             self.reload_failures += 1
-            log.warning("tokens file %s cannot be loaded (%s); keeping the current tokens", self.path, e)
+            if self._by_digest:
+                log.warning("tokens file %s cannot be read (%s): no token is accepted until it can", self.path, e)
+            self._by_digest, self._text = {}, None
             return False
+        if text == self._text:
+            return False
+        entries, problems = parse_lenient(text, str(self.path))
+        self._by_digest, self._text = {e.digest: e for e in entries}, text
+        if problems:
+            self.reload_failures += 1
+            log.warning("tokens file %s: %d lines skipped (their tokens are not accepted): %s", self.path,
+                        len(problems), "; ".join(problems[:3]))
         self.reloads += 1
         log.info("tokens file %s reloaded: %d tokens", self.path, len(self._by_digest))
         return True
 
     def lookup(self, token: str) -> Entry | None:
         """The entry of a presented token, None if it is not one of ours."""
-        if not token or len(token) > MAX_TOKEN_CHARS:
-            return None
+        if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+            return None  # (a non-ASCII header would not even encode: never a 500)
         entry = self._by_digest.get(digest(token))
         # The dict lookup is keyed by a hash of the secret (a timing difference reveals nothing about the
         # token); the constant-time comparison guards against a digest collision in the lookup path.

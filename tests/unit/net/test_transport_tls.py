@@ -5,6 +5,7 @@ does not name, and plaintext are refused, counted by reason, and fail the caller
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -177,3 +178,32 @@ def test_a_rotated_certificate_serves_new_connections_and_keeps_open_ones(tmp_pa
             await kept.close()
 
     run(main())
+
+
+def test_a_busy_listener_under_uvloop_serves_every_dialler(tmp_path: Path, ca: certs.Pair) -> None:
+    """uvloop delivers bytes that were waiting at accept even to a paused transport: the listener must not
+    lose a ClientHello that arrived before it took the connection over (it did, when it paused a plain
+    connection and then called start_tls)."""
+    uvloop = pytest.importorskip("uvloop")
+    server_tls, client_tls = tls_for(tmp_path, "server", ca), tls_for(tmp_path, "n1", ca)
+
+    async def main() -> None:
+        async with serving(server_tls, Refusals()) as port:
+            busy = asyncio.get_running_loop().create_task(hog())
+            try:
+                for _ in range(6):  # each ClientHello lands while the loop is blocked, before the accept runs
+                    assert await call(port, client_tls) == {"body": 1, "peer": "n1"}
+            finally:
+                busy.cancel()
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.02)  # noqa: ASYNC251 (on purpose: a node busy with CPU work between turns)
+            await asyncio.sleep(0.001)
+
+    async def bounded() -> None:
+        async with asyncio.timeout(30):
+            await main()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(bounded())

@@ -114,3 +114,18 @@ def test_cert_manager_gets_a_certificate_instead_of_our_ca() -> None:
 def test_bad_security_specs_are_refused(security: dict[str, Any], complaint: str) -> None:
     with pytest.raises(specmod.SpecError, match=complaint):
         cluster(**security)
+
+
+def test_a_lost_admin_token_is_replaced_and_the_users_tokens_kept() -> None:
+    first = live_of(credentials.desired(cluster(), {}, NOW))
+    tokens = first["demo-tokens"]
+    assert tokens is not None
+    user = b"app write sha256:" + b"a" * 64 + b"\n"
+    edited = {**first, "demo-tokens": {"tokens": tokens["tokens"] + user}}
+    del edited["demo-admin-token"]  # deleted to rotate it
+    again = credentials.desired(cluster(), edited, NOW)
+    text = live_of(again)["demo-tokens"]["tokens"].decode()  # type: ignore[index]
+    assert user.decode() in text and text.count("operator admin") == 1
+    old_admin = first["demo-admin-token"]
+    assert old_admin is not None and again.admin_token != old_admin["token"].decode()
+    assert "rkv_" not in repr(again)

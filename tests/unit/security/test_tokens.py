@@ -47,7 +47,7 @@ def test_a_name_twice_is_refused() -> None:
         tokens.parse(f"a read {tokens.digest('x')}\na admin {tokens.digest('y')}\n")
 
 
-def test_reload_takes_changes_and_keeps_the_old_tokens_on_a_broken_file(tmp_path: Path) -> None:
+def test_reload_takes_changes_and_fails_closed(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     first, second = tokens.new_token(), tokens.new_token()
     path.write_text(tokens.render([Entry("one", "read", tokens.digest(first))]))
@@ -56,6 +56,14 @@ def test_reload_takes_changes_and_keeps_the_old_tokens_on_a_broken_file(tmp_path
     path.write_text(tokens.render([Entry("two", "admin", tokens.digest(second))]))  # rotation: one revoked
     assert store.reload()
     assert store.lookup(first) is None and store.lookup(second) is not None
-    path.write_text("garbage\n")
-    assert not store.reload() and store.reload_failures == 1
-    assert store.lookup(second) is not None  # a bad edit does not lock everyone out
+    third = tokens.new_token()
+    path.write_text(tokens.render([Entry("two", "admin", tokens.digest(second))]) + "garbage\n"
+                    + Entry("three", "read", tokens.digest(third)).line() + "\n")
+    assert store.reload() and store.reload_failures == 1
+    assert store.lookup(second) is not None and store.lookup(third) is not None  # a typo locks out only itself
+    path.write_text("three\n")  # revoking "two" in the same edit as a typo: revoked all the same (fail closed)
+    store.reload()
+    assert store.lookup(second) is None and store.lookup(third) is None
+    path.unlink()
+    assert not store.reload() and len(store) == 0  # no file: no token
+    assert store.lookup("rkv_\udcff" + "x" * 40) is None  # not ASCII: refused, never a 500
