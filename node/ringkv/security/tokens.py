@@ -134,9 +134,10 @@ class TokenStore:
         """The entry of a presented token, None if it is not one of ours."""
         if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
             return None  # (a non-ASCII header would not even encode: never a 500)
-        entry = self._by_digest.get(digest(token))
+        presented = digest(token)  # once per request: this is on every authenticated request's path
+        entry = self._by_digest.get(presented)
         # The dict lookup is keyed by a hash of the secret (a timing difference reveals nothing about the
         # token); the constant-time comparison guards against a digest collision in the lookup path.
-        if entry is not None and hmac.compare_digest(entry.digest, digest(token)):
+        if entry is not None and hmac.compare_digest(entry.digest, presented):
             return entry
         return None

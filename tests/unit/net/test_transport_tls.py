@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,18 +16,11 @@ import pytest
 from ringkv.net.transport import NotDeliveredError, PeerClient, TransportServer
 from ringkv.security import certs
 from ringkv.security.tls import NodeTls, TlsFiles
+from tests.unit.net.test_transport import run  # bounded asyncio.run
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
 CLUSTER = "prod"
-
-
-def run(coro: Coroutine[Any, Any, T], limit_s: float = 15.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(limit_s):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 def tls_for(tmp_path: Path, name: str, ca: certs.Pair, cluster: str = CLUSTER, node_id: str | None = None,
