@@ -31,3 +31,6 @@ streaming-bench:  ## a 4th node joins a 3-node cluster loaded with 200 MiB, stre
 .PHONY: tls-bench
 tls-bench:  ## a 3-node cluster's put/get throughput and p99: plaintext, mutual TLS + tokens, + HTTPS, in one run; DURATION= overrides
 	bash tools/bootstrap && .venv/bin/python bench/tls.py --duration $(or $(DURATION),20) --out docs/benchmarks.md
+.PHONY: fuzz
+fuzz:  ## the internode fuzz tests (tests/fuzz) with EXAMPLES= examples per test (default 2000: ~8 min), fresh randomness each run
+	bash tools/bootstrap && RINGKV_FUZZ_EXAMPLES=$(or $(EXAMPLES),2000) .venv/bin/python -m pytest -q tests/fuzz --timeout 0

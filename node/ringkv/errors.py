@@ -141,3 +141,10 @@ class AntiEntropyUnavailableError(RingkvError):
     tree still being built, or anti-entropy off); the asker retries later."""
 
     code = "aae_unavailable"
+
+
+class StreamFailedError(RingkvError):
+    """A token range could not be streamed in and verified from any of its sources within the attempts allowed
+    (every source down, unreachable or failing); what was merged stays merged, and the stream may be retried."""
+
+    code = "stream_failed"

@@ -28,6 +28,10 @@ from ringkv.cluster.ids import NodeId
 # Generations are milliseconds since the epoch (~2**41 today); a peer claiming more than this is broken or
 # hostile, and adopting it (our generation moves past any echo of ourselves) would overflow the wire format.
 MAX_FRESHNESS = 2**52
+# Bounds of one state's fields: a state is kept and gossiped on by every node, so one that is huge would make
+# every node's state map too large to send (a frame is at most 16 MiB), and gossip would stop cluster-wide.
+MAX_TEXT_CHARS = 256  # node ids, host names, datacenters, racks (a DNS name is at most 253)
+MAX_TOKENS = 2**20  # per member: num_tokens x capacity, which the KVCluster CRD lets reach 1024 x 1000
 
 
 class Status(enum.StrEnum):
@@ -68,26 +72,61 @@ class MemberState:
 
     @classmethod
     def from_wire(cls, doc: Mapping[str, Any]) -> MemberState:
-        """Raises ValueError on a malformed state (a peer bug or a foreign sender)."""
+        """Raises ValueError on a malformed state (a peer bug or a foreign sender): every field of its exact
+        type and within its bounds, nothing coerced (`str()` of a hostile value can be anything, or raise)."""
+        if not isinstance(doc, Mapping):
+            raise ValueError("malformed member state: not a map")
         try:
             state = cls(
-                node_id=NodeId(str(doc["id"])), generation=int(doc["gen"]), version=int(doc["ver"]),
-                status=Status(doc["status"]), host=str(doc["host"]), http_port=int(doc["http"]),
-                peer_port=int(doc["peer"]), tokens=tuple(int(t) for t in doc["tokens"]),
-                datacenter=str(doc["dc"]), rack=str(doc["rack"]), capacity=float(doc["cap"]),
-                ring=str(doc.get("ring") or "")[:80],  # absent from a sender that predates it
-                replaces=str(doc.get("replaces") or ""),
-                by=str(doc.get("by") or ""),  # absent from a sender that predates it
+                node_id=NodeId(_text(doc, "id")), generation=_int(doc, "gen", 0, MAX_FRESHNESS - 1),
+                version=_int(doc, "ver", 0, MAX_FRESHNESS - 1), status=Status(_text(doc, "status")),
+                host=_text(doc, "host"), http_port=_int(doc, "http", 0, 65535), peer_port=_int(doc, "peer", 0, 65535),
+                tokens=_tokens(doc), datacenter=_text(doc, "dc"), rack=_text(doc, "rack"), capacity=_number(doc, "cap"),
+                ring=_text(doc, "ring", optional=True)[:80],  # absent from a sender that predates it
+                replaces=_text(doc, "replaces", optional=True),
+                by=_text(doc, "by", optional=True),  # absent from a sender that predates it
             )
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise ValueError(f"malformed member state: {e!r}") from None
+        except KeyError as e:
+            raise ValueError(f"malformed member state: {e.args[0]} missing") from None
+        except ValueError as e:
+            raise ValueError(f"malformed member state: {e}") from None
         if not state.node_id or not (math.isfinite(state.capacity) and state.capacity > 0):
             raise ValueError("malformed member state: empty id or capacity not a positive number")
-        if not (0 <= state.generation < MAX_FRESHNESS and 0 <= state.version < MAX_FRESHNESS):
-            raise ValueError("malformed member state: generation or version out of range")
-        if not all(-(2**63) <= t < 2**63 for t in state.tokens):
-            raise ValueError("malformed member state: a token outside the signed 64-bit range")
         return state
+
+
+def _text(doc: Mapping[str, Any], name: str, optional: bool = False) -> str:
+    value = (doc.get(name) or "") if optional else doc[name]
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} must be a string of at most {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _int(doc: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    value = doc[name]
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} is out of range ({lo}..{hi})")
+    return value
+
+
+def _number(doc: Mapping[str, Any], name: str) -> float:
+    value = doc[name]
+    if type(value) not in (int, float):
+        raise ValueError(f"{name} must be a number")
+    return float(value)
+
+
+def _tokens(doc: Mapping[str, Any]) -> tuple[int, ...]:
+    value = doc["tokens"]
+    if not isinstance(value, list | tuple) or len(value) > MAX_TOKENS:
+        raise ValueError(f"tokens must be a list of at most {MAX_TOKENS} tokens")
+    if not all(type(t) is int for t in value):
+        raise ValueError("tokens must be integers")
+    if not all(-(2**63) <= t < 2**63 for t in value):
+        raise ValueError("a token outside the signed 64-bit range")
+    return tuple(value)
 
 
 def merge_states(current: Mapping[NodeId, MemberState], incoming: Iterable[MemberState]

@@ -53,6 +53,7 @@ from ringkv.net.operations import Operation, Operations
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import RemoteError, TransportError
 from ringkv.net.trees import RangeTree, TreeSet
+from ringkv.net.wire import is_key
 from ringkv.replica import Replica
 
 log = logging.getLogger("ringkv.antientropy")
@@ -62,7 +63,7 @@ MAX_LEAVES = 1024
 MAX_KEYS = 1024
 LEAF_CHUNK = 256
 KEY_CHUNK = 256
-MAX_KEY_BYTES = 10 * 1024  # a key and its value are under 10 KB
+MAX_PREPARED = 32  # temporary trees peers may hold here at once (a joiner verifies 3 ranges at a time)
 
 Call = Callable[[NodeId, str, dict[str, Any], float], Awaitable[Any]]
 
@@ -136,6 +137,7 @@ class AntiEntropy:
         self._wake = asyncio.Event()
         self._busy: set[Pair] = set()
         self._last_reap = 0.0
+        self._prepared: dict[RangeId, None] = {}  # temporary trees held for peers, oldest first
 
     # -- ring -----------------------------------------------------------------------------------------
 
@@ -263,7 +265,8 @@ class AntiEntropy:
             raw = await self.call(peer, "aae_hashes", {**self._shape_body(target), "level": level, "nodes": chunk},
                                   self.settings.timeout_s)
             if not isinstance(raw, bytes) or len(raw) != len(chunk) * merkle.HASH_BYTES:
-                raise RequestError("bad_reply", f"{peer} answered aae_hashes with {len(raw)} bytes")
+                got = f"{len(raw)} bytes" if isinstance(raw, bytes) else f"a {type(raw).__name__}"
+                raise RequestError("bad_reply", f"{peer} answered aae_hashes with {got}")
             out.extend(int.from_bytes(raw[j:j + merkle.HASH_BYTES], "big")
                        for j in range(0, len(raw), merkle.HASH_BYTES))
         return out
@@ -394,7 +397,7 @@ class AntiEntropy:
             raise RequestError("bad_request", f"records must be a list of at most {MAX_KEYS}")
         parsed = []
         for item in records:
-            if not (isinstance(item, list) and len(item) == 2 and _is_key(item[0]) and isinstance(item[1], bytes)):
+            if not (isinstance(item, list) and len(item) == 2 and is_key(item[0]) and isinstance(item[1], bytes)):
                 raise RequestError("bad_request", "each record must be [key, record]")
             parsed.append((item[0], versions.decode_record(item[1])))  # InvalidRecordError: refused whole
         await asyncio.gather(*(self.replica.merge_in(key, record) for key, record in parsed))  # one group commit
@@ -406,20 +409,31 @@ class AntiEntropy:
             raise RequestError("bad_request", f"keys must be a list of at most {MAX_KEYS}")
         out = []
         for item in items:
-            if not (isinstance(item, list) and len(item) == 2 and _is_key(item[0]) and isinstance(item[1], bytes)):
+            if not (isinstance(item, list) and len(item) == 2 and is_key(item[0]) and isinstance(item[1], bytes)):
                 raise RequestError("bad_request", "each entry must be [key, digest]")
             record = await self.replica.read(item[0])
             out.append(not record.versions or merkle.record_digest(versions.encode_record(record)) == item[1])
         return out
 
     async def handle_prepare(self, body: Any, peer: str) -> Any:
-        """Build (or reuse) a tree of exactly the given range, to verify a streamed range against it."""
+        """Build (or reuse) a tree of exactly the given range, to verify a streamed range against it. At most
+        `MAX_PREPARED` are held for peers: past that the oldest is dropped (a peer that died before its
+        `aae_release`, or one asking for range after range, must not grow this node's memory without bound;
+        an exchange still using a dropped tree is answered `aae_unavailable`, and its verification retried)."""
         lo, hi = _bounds(body)
+        self._prepared.pop((lo, hi), None)
+        self._prepared[(lo, hi)] = None
+        while len(self._prepared) > MAX_PREPARED:
+            oldest = next(iter(self._prepared))
+            del self._prepared[oldest]
+            self.trees.release(*oldest)
+            log.info("dropped the temporary tree of range %s:%s: %d are held for peers", *oldest, MAX_PREPARED)
         target = await self.trees.prepare(lo, hi)
         return {"leaves": target.shape.leaves, "fanout": target.shape.fanout, "keys": target.tree.count}
 
     async def handle_release(self, body: Any, peer: str) -> Any:
         lo, hi = _bounds(body)
+        self._prepared.pop((lo, hi), None)
         self.trees.release(lo, hi)
         return True
 
@@ -612,13 +626,9 @@ def _int_list(value: Any, limit: int, name: str) -> list[int]:
 
 
 def _bytes_list(value: Any, limit: int, name: str) -> list[bytes]:
-    if not isinstance(value, list) or len(value) > limit or any(not _is_key(v) for v in value):
+    if not isinstance(value, list) or len(value) > limit or any(not is_key(v) for v in value):
         raise RequestError("bad_request", f"{name} must be a list of at most {limit} keys")
     return value
-
-
-def _is_key(value: Any) -> bool:
-    return isinstance(value, bytes) and 0 < len(value) <= MAX_KEY_BYTES
 
 
 def _parse_leaves(reply: Any, asked: set[int]) -> dict[int, dict[bytes, bytes]]:

@@ -64,6 +64,7 @@ from ringkv.errors import (
     RingkvError,
     ShuttingDownError,
 )
+from ringkv.net import wire
 from ringkv.net.hints import Hint, HintStore, deliver_pending, drop_for_downtime
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import NotDeliveredError, PeerClient, Peers, RemoteError, TransportError
@@ -200,8 +201,9 @@ class Coordinator:
     def check_ring(self, body: Any, peer: str) -> None:
         """Count (and now and then log) a request sent under another view of the ring."""
         theirs = body.get("ring") if isinstance(body, dict) else None
-        if not theirs or not self.ring_digest or theirs == self.ring_digest:
+        if not isinstance(theirs, str) or not theirs or not self.ring_digest or theirs == self.ring_digest:
             return
+        theirs = theirs[:80]
         self.stats.ring_mismatches += 1
         now = time.monotonic()
         if now - self._last_mismatch_log >= MISMATCH_LOG_INTERVAL_S:
@@ -243,7 +245,6 @@ class Coordinator:
                     "key": key, "value": value, "w": w_required, "budget_ms": int(budget_s * 1000),
                     "context": None if context is None else versions.encode_context(context),
                 }, timeout_s=budget_s + self.settings.timeout_s)
-                return versions.decode_record(reply)
             except NotDeliveredError as e:
                 log.info("could not forward a write to %s (%s); trying the next replica", node, e)
             except RemoteError as e:
@@ -251,7 +252,8 @@ class Coordinator:
                     log.info("%s did not take a forwarded write (%s); trying the next replica", node, e.code)
                 elif e.code == QuorumUnavailableError.code:
                     self.stats.quorum_failures += 1
-                    raise QuorumUnavailableError(w_required, int(str(e.details().get("acknowledged", 0)))) from None
+                    acked = e.details().get("acknowledged")
+                    raise QuorumUnavailableError(w_required, acked if type(acked) is int else 0) from None
                 else:
                     raise
             except TransportError as e:
@@ -259,6 +261,13 @@ class Coordinator:
                 log.info("a write forwarded to %s may or may not have been applied: %s", node, e)
                 self.stats.quorum_failures += 1
                 raise QuorumUnavailableError(w_required, 0) from None
+            else:
+                try:
+                    return _reply_record(reply, node, "coordinate")
+                except RingkvError as e:  # taken, but answered with no record we can read: as good as lost
+                    log.warning("a write forwarded to %s was answered with a bad record: %s", node, e)
+                    self.stats.quorum_failures += 1
+                    raise QuorumUnavailableError(w_required, 0) from None
             self.stats.forward_retries += 1
         self.stats.quorum_failures += 1
         raise QuorumUnavailableError(w_required, 0)
@@ -267,18 +276,29 @@ class Coordinator:
         """Internode: another node forwarded a client write to us."""
         if not self.accepting or self.draining:
             raise NotReadyError(f"{self.node_id} is not taking writes (starting, draining or stopping)")
+        body = wire.fields(body, "coordinate")
+        key = wire.key(body)
+        if "value" not in body or "context" not in body:  # never a delete or a blind put by omission
+            raise wire.bad("coordinate needs key, value, w and context")
+        value, token = body["value"], body["context"]
+        if value is not None and not (isinstance(value, bytes) and 0 < len(value) <= wire.MAX_VALUE_BYTES):
+            raise wire.bad(f"value must be nil (a delete) or bin of 1 to {wire.MAX_VALUE_BYTES} bytes")
+        w = body.get("w")
+        if type(w) is not int:
+            raise RequestError("invalid_quorum", "w must be an integer")
+        w = self.quorum(w, self.settings.write_quorum, "w")
+        if token is not None and not isinstance(token, str):
+            raise wire.bad("context must be nil or the string a read returned")
+        context = None if token is None else versions.decode_context(token)
+        budget_ms = wire.duration_ms(body, "budget_ms")  # absent from a sender that predates budgets: our own
         self.check_ring(body, peer)
-        key, value, w = bytes(body["key"]), body["value"], int(body["w"])
         preference = self.preference(key)
         if self.node_id not in preference:
             self.stats.not_replica_refusals += 1
             raise NotReplicaError(f"{self.node_id} is not a replica of the key (preference {list(preference)})")
-        context = None if body["context"] is None else versions.decode_context(body["context"])
-        budget_ms = body.get("budget_ms")  # absent from a sender that predates budgets: our own
         budget_s = self.settings.write_budget_s if budget_ms is None else \
-            min(self.settings.write_budget_s, max(0.0, float(budget_ms) / 1000))
-        record = await self.coordinate_write(key, None if value is None else bytes(value), context, w,
-                                             preference, budget_s)
+            min(self.settings.write_budget_s, budget_ms / 1000)
+        record = await self.coordinate_write(key, value, context, w, preference, budget_s)
         return versions.encode_record(record)
 
     async def coordinate_write(self, key: bytes, value: bytes | None, context: VersionVector | None,
@@ -389,12 +409,21 @@ class Coordinator:
         return False
 
     async def handle_replicate(self, body: Any, peer: str) -> Any:
+        body = wire.fields(body, "replicate")
+        key = wire.key(body)
+        _, record = wire.record(body)
         self.check_ring(body, peer)
-        await self.replica.merge_in(bytes(body["key"]), versions.decode_record(bytes(body["record"])))
+        await self.replica.merge_in(key, record)
         return True
 
     async def handle_store_hint(self, body: Any, peer: str) -> Any:
-        await self.hints.store(NodeId(str(body["target"])), bytes(body["key"]), bytes(body["record"]))
+        """Internode: keep a hint for `target` (we are a sloppy-quorum stand-in). The record must decode: a
+        hint that never could be delivered would sit in the store, counted against its bound, until then."""
+        body = wire.fields(body, "store_hint")
+        target = wire.node_id(body.get("target"), "target")
+        key = wire.key(body)
+        encoded, _ = wire.record(body)
+        await self.hints.store(target, key, encoded)
         return True
 
     # -- reads ----------------------------------------------------------------------------------------
@@ -425,7 +454,7 @@ class Coordinator:
                 elif not self.is_up(node):
                     raise TransportError(f"{node} is down")
                 else:
-                    record = versions.decode_record(bytes(await self.call(node, "read", {"key": key})))
+                    record = _reply_record(await self.call(node, "read", {"key": key}), node, "read")
                 tally.reply(node, record)
             except (TransportError, RemoteError, RingkvError) as e:
                 log.debug("read from %s failed: %s", node, e)
@@ -467,8 +496,10 @@ class Coordinator:
                 log.info("read repair of %s on %s failed: %s", key, node, e)
 
     async def handle_read(self, body: Any, peer: str) -> Any:
+        body = wire.fields(body, "read")
+        key = wire.key(body)
         self.check_ring(body, peer)
-        return versions.encode_record(await self.replica.read(bytes(body["key"])))
+        return versions.encode_record(await self.replica.read(key))
 
     # -- hinted handoff -------------------------------------------------------------------------------
 
@@ -548,3 +579,11 @@ class Coordinator:
                 except RingkvError as e:
                     log.error("stopping: could not keep a hint for %s: %s", target, e)
         self._owed.clear()
+
+
+def _reply_record(reply: Any, node: NodeId, method: str) -> Record:
+    """The record a peer answered `method` with: encoded, so bin (`bytes()` of anything else coerces it: an int
+    into that many zero bytes); `InvalidRecordError` if it does not decode."""
+    if not isinstance(reply, bytes):
+        raise RequestError("bad_reply", f"{node} answered {method} with a {type(reply).__name__}, not a record")
+    return versions.decode_record(reply)

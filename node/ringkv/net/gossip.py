@@ -26,6 +26,7 @@ from typing import Any
 from ringkv.cluster.failure_detector import PhiAccrualFailureDetector, PhiConfig
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState
+from ringkv.errors import RequestError
 from ringkv.net.transport import SEED_PREFIX, PeerClient, Peers, RemoteError, TransportError
 
 log = logging.getLogger("ringkv.gossip")
@@ -132,8 +133,12 @@ class Gossiper:
             self.heard.set()
 
     async def handle(self, body: Any, peer: str) -> Any:
-        """Transport handler for `gossip`: absorb their states, answer with ours (push-pull)."""
-        self.absorb(body)
+        """Transport handler for `gossip`: absorb their states, answer with ours (push-pull). A malformed body
+        is refused whole (`bad_request`), nothing of it absorbed."""
+        try:
+            self.absorb(body)
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
         return self.membership.to_wire(self.announce)
 
     async def _exchange(self, client: PeerClient) -> None:

@@ -29,7 +29,8 @@ from ringkv.cluster import ring as ringmod
 from ringkv.cluster import topology
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Status
-from ringkv.errors import RequestError, RingkvError
+from ringkv.errors import RingkvError, StreamFailedError
+from ringkv.net import wire
 from ringkv.net.streaming import RangeProgress
 
 if TYPE_CHECKING:
@@ -230,20 +231,34 @@ async def receive_range(node: ClusterNode, progress: RangeProgress, sources: tup
                             progress.lo, progress.hi, source, e)
         rounds += 1
         if attempts is not None and rounds >= attempts:
-            raise RingkvError(f"no source could stream range {progress.lo}:{progress.hi}: "
-                              f"{progress.error or 'none is up'}")
+            progress.state, progress.error = "failed", progress.error or "no source is up"
+            raise StreamFailedError(f"no source could stream range {progress.lo}:{progress.hi}: {progress.error}")
         await asyncio.sleep(node.config.gossip_interval_s)  # every source failed: wait, retry
+
+
+MAX_SOURCES = 64  # the current replicas of a range (N is at most 15)
+MAX_PROGRESS = 256  # range progress entries kept (`/admin/v1/node`): past that the oldest finished ones go
 
 
 async def handle_stream_pull(node: ClusterNode, body: Any, peer: str) -> Any:
     """Internode (removenode): stream a range here from the given sources and verify it."""
-    if not isinstance(body, dict) or not isinstance(body.get("sources"), list):
-        raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
-    lo, hi = body.get("lo"), body.get("hi")
-    if type(lo) is not int or type(hi) is not int or not all(isinstance(x, str) for x in body["sources"]):
-        raise RequestError("bad_request", "stream_pull takes lo, hi and a list of sources")
+    body = wire.fields(body, "stream_pull")
+    lo, hi, sources = wire.token(body, "lo"), wire.token(body, "hi"), body.get("sources")
+    if not isinstance(sources, list) or len(sources) > MAX_SOURCES:
+        raise wire.bad(f"sources must be a list of at most {MAX_SOURCES} node ids")
+    sources = [wire.node_id(x, "a source") for x in sources]
     progress = RangeProgress(lo, hi, NodeId(""))
-    node.join_progress.append(progress)
-    await receive_range(node, progress, tuple(NodeId(x) for x in body["sources"]), attempts=3)
+    track(node, progress)
+    await receive_range(node, progress, tuple(sources), attempts=3)
     node.streamer.stats.ranges_streamed += 1
     return {"keys": progress.keys, "bytes": progress.bytes, "verify_repaired": progress.verify_repaired}
+
+
+def track(node: ClusterNode, progress: RangeProgress) -> None:
+    """Show `progress` in the node's list of ranges streamed in; a list grown past `MAX_PROGRESS` (pull after
+    pull: each `stream_pull` adds one) sheds its oldest finished entries, never one still in progress."""
+    node.join_progress.append(progress)
+    excess = len(node.join_progress) - MAX_PROGRESS
+    if excess > 0:
+        shed = {id(p) for p in [p for p in node.join_progress if p.state in ("done", "failed")][:excess]}
+        node.join_progress[:] = [p for p in node.join_progress if id(p) not in shed]

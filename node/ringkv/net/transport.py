@@ -37,7 +37,7 @@ import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -214,10 +214,13 @@ class TransportServer:
         if not isinstance(hello, dict) or hello.get("t") != "hello" or hello.get("v") != PROTOCOL_VERSION:
             writer.write(_pack({"t": "refused", "reason": "bad hello"}))
             return None
-        claimed = str(hello.get("node"))
+        claimed, cluster = hello.get("node"), hello.get("cluster")
+        if not _is_name(claimed) or not _is_name(cluster):  # never str()/repr() of a hostile value: it may nest
+            writer.write(_pack({"t": "refused", "reason": "bad hello: node and cluster must be short strings"}))
+            return None
         problem: tuple[str, str] | None = None
-        if hello.get("cluster") != self.cluster:
-            problem = "cluster", f"cluster {hello.get('cluster')!r} is not {self.cluster!r}"
+        if cluster != self.cluster:
+            problem = "cluster", f"cluster {cluster!r} is not {self.cluster!r}"
         elif hello.get("node") == self.node_id:  # ourselves (a seed list naming us), or an impostor with our id
             problem = "self", f"node id {self.node_id!r} is this node's own"
         elif self._tls is not None:
@@ -230,7 +233,7 @@ class TransportServer:
             await writer.drain()
             return None
         writer.write(_pack({"t": "welcome", "node": self.node_id}))
-        return str(hello.get("node"))
+        return claimed
 
     async def _dispatch_loop(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         slots = asyncio.Semaphore(MAX_CONCURRENT_PER_CONNECTION)
@@ -238,8 +241,9 @@ class TransportServer:
         try:
             while True:
                 frame = await _read_frame(reader)
-                if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _REQUEST:
-                    raise TransportError("malformed request frame")
+                if not (isinstance(frame, list) and len(frame) == 4 and frame[0] == _REQUEST
+                        and type(frame[1]) is int and isinstance(frame[2], str)):
+                    raise TransportError("malformed request frame")  # no id to answer: the connection goes
                 await slots.acquire()
                 task = asyncio.create_task(self._answer(peer, frame[1], frame[2], frame[3], writer, slots))
                 running.add(task)
@@ -253,7 +257,7 @@ class TransportServer:
         try:
             handler = self.handlers.get(method)
             if handler is None:
-                reply = [_RESPONSE, request_id, False, ["unknown_method", f"no method {method!r}", {}]]
+                reply = [_RESPONSE, request_id, False, ["unknown_method", f"no method {method[:80]!r}", {}]]
             else:
                 try:
                     reply = [_RESPONSE, request_id, True, await handler(body, peer)]
@@ -273,6 +277,13 @@ class TransportServer:
             pass
         finally:
             slots.release()
+
+
+MAX_NAME_CHARS = 256  # a node id or cluster name in a hello
+
+
+def _is_name(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS
 
 
 def _ssl_reason(e: BaseException) -> str:

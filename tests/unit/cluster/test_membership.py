@@ -209,3 +209,39 @@ def test_a_generation_beyond_any_clock_is_refused() -> None:
         MemberState.from_wire({**doc, "gen": 2**63})
     with pytest.raises(ValueError, match="out of range"):
         MemberState.from_wire({**doc, "ver": -1})
+
+
+def _hostile() -> list[tuple[str, Any]]:
+    good = _full_state().to_wire()
+    deep: Any = None
+    for _ in range(1000):  # past repr's recursion limit, within what msgpack unpacks (1024)
+        deep = [deep]
+    return [(name, {**good, key: value}) for name, key, value in [
+        ("id not a string", "id", 5), ("id nested deep", "id", deep), ("status nested deep", "status", deep),
+        ("status not a string", "status", 1), ("host not a string", "host", ["10.0.0.7"]),
+        ("host too long", "host", "h" * 257), ("host a megabyte", "host", "h" * 2**20),
+        ("rack too long", "rack", "r" * 257), ("dc not a string", "dc", b"dc1"),
+        ("peer port past 65535", "peer", 70000), ("negative http port", "http", -1),
+        ("generation a bool", "gen", True), ("generation a float", "gen", 1.0), ("version a string", "ver", "1"),
+        ("tokens a string of digits", "tokens", "123"), ("a token a float", "tokens", [1.5]),
+        ("a token a bool", "tokens", [True]), ("too many tokens", "tokens", list(range(2**20 + 1))),
+        ("capacity a bool", "cap", True), ("capacity a string", "cap", "2.5"),
+        ("ring not a string", "ring", [1]), ("ring nested deep", "ring", deep),
+        ("replaces not a string", "replaces", 7), ("by too long", "by", "b" * 257),
+    ]] + [("not a map", deep)]
+
+
+@pytest.mark.parametrize("doc", [doc for _, doc in _hostile()], ids=[name for name, _ in _hostile()])
+def test_from_wire_refuses_values_of_the_wrong_type_or_size(doc: Any) -> None:
+    # Values were coerced (str(), int(), float()): a nested one raised RecursionError, not ValueError, and a huge
+    # or out-of-range one was kept and gossiped on by every node (found by tests/fuzz).
+    with pytest.raises(ValueError, match="malformed member state"):
+        MemberState.from_wire(doc)
+
+
+def test_from_wire_takes_the_largest_legal_values() -> None:
+    good = _full_state().to_wire()
+    doc = {**good, "host": "h" * 256, "peer": 65535, "http": 0, "tokens": list(range(-(2**63), -(2**63) + 2**20)),
+           "cap": 3, "ring": "r" * 200, "replaces": "", "by": None}
+    state = MemberState.from_wire(doc)
+    assert state.host == "h" * 256 and len(state.tokens) == 2**20 and state.capacity == 3.0 and len(state.ring) == 80

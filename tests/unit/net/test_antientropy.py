@@ -30,7 +30,7 @@ from ringkv.cluster.merkle import MerkleTree
 from ringkv.cluster.ring import NodeInfo, Replication, Ring, token_for
 from ringkv.cluster.versions import Record
 from ringkv.errors import AntiEntropyUnavailableError, RequestError, RingkvError
-from ringkv.net.antientropy import MAX_KEYS, MAX_LEAVES, MAX_NODES, AaeSettings, AntiEntropy
+from ringkv.net.antientropy import MAX_KEYS, MAX_LEAVES, MAX_NODES, MAX_PREPARED, AaeSettings, AntiEntropy
 from ringkv.net.operations import Operations
 from ringkv.net.transport import RemoteError, TransportError
 from ringkv.net.trees import RangeTree, TreeSet
@@ -768,6 +768,54 @@ def test_the_reaper_skips_keys_rewritten_since_they_were_registered(tmp_path: Pa
             assert versions.live_values(await n1.record(b"live")) == [b'"x"']
             raw = await n1.replica.engine.get(storage_key(b"k"))
             assert raw is None
+        finally:
+            await cluster.close()
+
+    run(main())
+
+
+def test_temporary_trees_held_for_peers_are_bounded(tmp_path: Path) -> None:
+    # Every aae_prepare of a new range kept a tree until its aae_release: a peer that died in between (or one
+    # asking for range after range) grew this node's memory without bound (found by tests/fuzz).
+    async def main() -> None:
+        cluster = await start_cluster(tmp_path)
+        try:
+            node = cluster.nodes[N1]
+            ranges = [(i * 1000, i * 1000 + 999) for i in range(MAX_PREPARED + 8)]
+            for lo, hi in ranges:
+                shape = await node.aae.handle_prepare({"lo": lo, "hi": hi}, "n2")
+                assert shape["leaves"] >= 16
+            assert len(node.trees.extras) == MAX_PREPARED
+            assert set(node.trees.extras) == set(ranges[-MAX_PREPARED:])  # the oldest went
+            target = node.trees.get(*ranges[-1])
+            assert target is not None and target.ready
+            # the one asked for again is the newest: it stays when more come
+            await node.aae.handle_prepare({"lo": ranges[-MAX_PREPARED][0], "hi": ranges[-MAX_PREPARED][1]}, "n2")
+            await node.aae.handle_prepare({"lo": 10**9, "hi": 10**9 + 1}, "n2")
+            assert ranges[-MAX_PREPARED] in node.trees.extras and ranges[-MAX_PREPARED + 1] not in node.trees.extras
+            for lo, hi in list(node.trees.extras):
+                assert await node.aae.handle_release({"lo": lo, "hi": hi}, "n2") is True
+            assert node.trees.extras == {}
+        finally:
+            await cluster.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("reply", [5, None, "hashes", [b"x"]])
+def test_a_hashes_reply_that_is_not_bin_fails_the_exchange(tmp_path: Path, reply: Any) -> None:
+    # Its error message took len() of the reply: TypeError, out of the exchange, for anything without a length.
+    async def main() -> None:
+        cluster = await start_cluster(tmp_path)
+        try:
+            node = cluster.nodes[N1]
+
+            async def call(peer: NodeId, method: str, body: dict[str, Any], timeout: float) -> Any:  # noqa: ASYNC109
+                return reply
+
+            node.aae.call = call
+            result = await node.aae.exchange(whole_range(cluster), N2)
+            assert result.result == "failed" and "aae_hashes" in result.error
         finally:
             await cluster.close()
 

@@ -17,6 +17,7 @@ import pytest
 from ringkv.cluster.failure_detector import PhiAccrualFailureDetector, PhiConfig
 from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
+from ringkv.errors import RequestError
 from ringkv.net.gossip import Gossiper
 from ringkv.net.transport import Peers, TransportServer
 
@@ -264,3 +265,14 @@ def test_speak_for_names_the_speaker() -> None:
     spoken = membership.speak_for(B, status=Status.LEAVING)
     assert spoken.by == A and spoken.version > 3
     assert MemberState.from_wire(spoken.to_wire()) == spoken
+
+
+@pytest.mark.parametrize("body", [None, {"id": "b"}, "states", 5, [{"id": "b"}], [_doc("b", 1, 1, peer=70000)],
+                                  [_doc("b", 1, 1, host="h" * 1_000_000)]])
+def test_the_gossip_handler_refuses_a_malformed_body_as_a_bad_request(body: Any) -> None:
+    # It raised the ValueError of `absorb`, which the transport answers `internal_error` (tests/fuzz).
+    gossiper = _lone()
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(gossiper.handle(body, "b"))
+    assert refused.value.code == "bad_request"
+    assert set(gossiper.membership.members) == {A}

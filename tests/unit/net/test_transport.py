@@ -201,6 +201,51 @@ def test_a_bad_hello_is_refused() -> None:
     run(main())
 
 
+def _nested(depth: int = 1000) -> Any:
+    out: Any = None
+    for _ in range(depth):  # past repr's recursion limit, within msgpack's unpacking limit
+        out = [out]
+    return out
+
+
+@pytest.mark.parametrize("field", ["node", "cluster"])
+def test_a_hello_naming_a_hostile_value_is_refused(field: str, caplog: pytest.LogCaptureFixture) -> None:
+    # str()/repr() of a node id or cluster nested 1000 deep raised RecursionError out of the handshake, logged
+    # as an unhandled exception (found by tests/fuzz).
+    async def main() -> None:
+        async with serving() as (_, port):
+            for value in (_nested(), "n" * 100_000, 5, ""):
+                reader, writer = await asyncio.open_connection(HOST, port)
+                hello = {"t": "hello", "v": transport.PROTOCOL_VERSION, "cluster": CLUSTER, "node": "raw"}
+                writer.write(transport._pack({**hello, field: value}))
+                answer = await transport._read_frame(reader)
+                assert answer["t"] == "refused" and "bad hello" in answer["reason"]
+                assert await reader.read() == b""
+                writer.close()
+
+    with caplog.at_level(logging.ERROR):
+        run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("frame", [[0, 1, [], {}], [0, 1, {"a": 1}, {}], [0, "x" * 1000, "echo", 1],
+                                   [0, 1.5, "echo", 1], [0, None, "echo", 1], [0, 1, b"echo", 1]])
+def test_a_request_frame_without_an_int_id_and_a_str_method_closes_the_connection(frame: list[Any]) -> None:
+    # handlers.get([]) raised TypeError in the answering task: no reply, no close, an unretrieved task exception;
+    # an id that is not an int was echoed back (a 16 MiB one made even the frame_too_large error too large).
+    async def main() -> None:
+        async with serving() as (_, port):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(transport._pack({"t": "hello", "v": transport.PROTOCOL_VERSION, "cluster": CLUSTER,
+                                          "node": "raw"}))
+            assert (await transport._read_frame(reader))["t"] == "welcome"
+            writer.write(transport._pack(frame))
+            assert await reader.read() == b""  # closed: there is no id to answer
+            writer.close()
+
+    run(main())
+
+
 def test_a_stopped_server_fails_pending_calls_and_a_later_call_reconnects() -> None:
     async def main() -> None:
         entered = asyncio.Semaphore(0)
