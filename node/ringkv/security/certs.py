@@ -15,9 +15,11 @@ Files of a certs directory (as `ringkv node --certs-dir` reads it):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,16 +136,23 @@ def not_after(cert_pem: bytes) -> datetime.datetime:
 
 
 def write(path: Path, data: bytes, secret: bool = False) -> None:
-    """Write a file whole (temporary file, fsync, rename): a reader polling it never sees half a key."""
+    """Write a file whole (a fresh temporary file, fsync, rename): a reader polling it never sees half a key.
+    The temporary file is created exclusively with mode 0600 (`mkstemp`), so a stale or planted file of that
+    name, or a symlink, never receives a key, and a secret is never readable by others, not even for a moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            if not secret:
+                os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def load_ca(certs_dir: Path, ca_key: Path | None = None) -> Pair:

@@ -4,6 +4,7 @@ reloaded in place: a new pair is taken, a half-written one is not."""
 from __future__ import annotations
 
 import datetime
+import os
 import ssl
 from pathlib import Path
 
@@ -63,3 +64,19 @@ def test_reload_takes_a_new_pair_and_refuses_a_mismatched_one(tmp_path: Path) ->
     assert tls.reload() and tls.reloads == 1 and tls.not_after < before
     assert isinstance(tls.peer_server, ssl.SSLContext) and tls.peer_server.verify_mode == ssl.CERT_REQUIRED
     assert tls.http_server.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_a_planted_temporary_file_or_symlink_never_receives_a_key(tmp_path: Path) -> None:
+    # write() opened `<name>.tmp` with O_TRUNC: a world-readable file planted (or left) under that name kept its
+    # mode, and a symlink there sent the key wherever it pointed.
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "node.key.tmp").write_bytes(b"")
+    os.chmod(tmp_path / "node.key.tmp", 0o666)
+    os.symlink(elsewhere, tmp_path / ".node.key.tmp")
+    certs.write(tmp_path / "node.key", b"secret key", secret=True)
+    assert (tmp_path / "node.key").read_bytes() == b"secret key"
+    assert (tmp_path / "node.key").stat().st_mode & 0o777 == 0o600
+    assert not elsewhere.exists() and (tmp_path / "node.key.tmp").read_bytes() == b""
+    certs.write(tmp_path / "ca.crt", b"cert")
+    assert (tmp_path / "ca.crt").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".node.key.tmp", "ca.crt", "node.key", "node.key.tmp"]
