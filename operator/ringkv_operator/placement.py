@@ -5,9 +5,11 @@ side, for API servers that did not run those rules (an older CRD, a test's emula
 with the same message and nothing moves until it is reverted.
 
     status.placement = {"racks": {rack: zone or None}, "datacenter", "capacity", "numTokens",
-                        "storageClassName" (each None when unset), "seeds": [pod, ...]}
+                        "storageClassName" (each None when unset), "seeds": [pod, ...], "security": mode}
 
-The seeds are recorded too: they are in every pod's template, so they must not follow later rack changes.
+The seeds are recorded too: they are in every pod's template, so they must not follow later rack changes. So is
+spec.security.mode: a rolling change between TLS and plaintext (or between two CAs) would split the ring in two
+halves that refuse each other, and lose quorum mid-roll.
 
 A rack added later is recorded when it first appears; a rack removed is forgotten once its StatefulSet is gone.
 """
@@ -31,6 +33,11 @@ INSTEAD = {
 }
 
 
+SECURITY = ("spec.security.mode is immutable: nodes with TLS and nodes without (or with another CA) refuse each "
+            "other, so a rolling change would split the ring mid-roll; create a new KVCluster with the mode you "
+            "want and move the data to it")
+
+
 def _config(spec: specmod.ClusterSpec, key: str) -> str | None:
     return dict(spec.config).get(key)
 
@@ -41,7 +48,8 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
     any more, when `racks_in_use` is given, dropped)."""
     if not previous:
         out: dict[str, Any] = {"racks": {r.name: r.zone for r in spec.racks},
-                               "storageClassName": spec.storage_class, "seeds": plan.seeds(spec)}
+                               "storageClassName": spec.storage_class, "seeds": plan.seeds(spec),
+                               "security": spec.security}
         out.update({name: _config(spec, key) for name, key in CONFIG_FIELDS.items()})
         return out
     racks = dict(previous.get("racks") or {})
@@ -52,6 +60,7 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
                  if name in racks_in_use or name in {r.name for r in spec.racks}}
     out = {**previous, "racks": racks}
     out.setdefault("seeds", plan.seeds(spec))  # recorded before seeds were: what the spec gave then
+    out.setdefault("security", spec.security)  # likewise
     return out
 
 
@@ -72,4 +81,6 @@ def violation(recorded: Mapping[str, Any] | None, spec: specmod.ClusterSpec) -> 
     for name, key in CONFIG_FIELDS.items():
         if name in recorded and recorded.get(name) != _config(spec, key):
             return f"spec.config.{key} is immutable: {INSTEAD[key]}"
+    if "security" in recorded and recorded.get("security") != spec.security:
+        return SECURITY
     return None

@@ -49,6 +49,11 @@ NUM_TOKENS = ("spec.config.num_tokens is immutable: each node took its tokens at
               "create a new KVCluster with the num_tokens you want and move the data to it")
 
 
+SECURITY = ("spec.security.mode is immutable: nodes with TLS and nodes without (or with another CA) refuse each "
+            "other, so a rolling change would split the ring mid-roll; create a new KVCluster with the mode you "
+            "want and move the data to it")
+
+
 def below_rf(rf: int) -> str:
     return (f"spec.replicas cannot go below spec.replicationFactor ({rf}): each key is stored on that many distinct "
             f"nodes; keep spec.replicas at {rf} or more (a smaller cluster needs a new KVCluster with a smaller "
@@ -182,6 +187,7 @@ def test_the_rules_are_where_they_belong(schema: dict[str, Any]) -> None:
         ("spec.config", presence.format("num_tokens")),
         ("spec.security", "!has(self.mode) || self.mode != 'cert-manager' || has(self.issuerRef)"),
         ("spec.security", "!has(self.https) || !self.https || !has(self.mode) || self.mode != 'insecure'"),
+        ("spec.security", "self.mode == oldSelf.mode"),
     }
 
 
@@ -302,6 +308,21 @@ def test_the_settings_tokens_are_allocated_from_are_fixed(schema: dict[str, Any]
     }[change]
     before = kvcluster() if old is None else kvcluster(config=old)
     assert violations(schema, kvcluster(config=new), before) == ([] if change == "unchanged" else [message])
+
+
+@pytest.mark.parametrize(("old", "new", "errors"), [
+    (None, {"mode": "insecure"}, [SECURITY]),  # absent before: the default mode, operator
+    ({"mode": "insecure"}, None, [SECURITY]),
+    ({"mode": "operator"}, {"mode": "cert-manager", "issuerRef": {"name": "ca"}}, [SECURITY]),
+    (None, {"mode": "operator"}, []),
+    ({"mode": "cert-manager", "issuerRef": {"name": "a"}}, {"mode": "cert-manager", "issuerRef": {"name": "b"}}, []),
+], ids=["secured-to-insecure", "insecure-to-secured", "operator-to-cert-manager", "default-spelled-out",
+        "issuer-changed"])
+def test_the_security_mode_is_fixed(schema: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None,
+                                    errors: list[str]) -> None:
+    before = kvcluster() if old is None else kvcluster(security=old)
+    after = kvcluster() if new is None else kvcluster(security=new)
+    assert violations(schema, after, before) == errors
 
 
 def test_capacity_compares_as_a_number(schema: dict[str, Any]) -> None:

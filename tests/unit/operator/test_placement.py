@@ -20,7 +20,7 @@ RACKS = [{"name": "a", "zone": "z1"}, {"name": "b", "zone": "z2"}]
 def test_the_record_is_taken_once_and_new_racks_join_it() -> None:
     first = placement.record(spec(racks=RACKS, config={"datacenter": "dc1"}))
     assert first == {"racks": {"a": "z1", "b": "z2"}, "storageClassName": None, "datacenter": "dc1",
-                     "capacity": None, "numTokens": None, "seeds": ["demo-a-0", "demo-b-0"]}
+                     "capacity": None, "numTokens": None, "seeds": ["demo-a-0", "demo-b-0"], "security": "operator"}
     grown = placement.record(spec(racks=[{"name": "c", "zone": "z3"}, *RACKS]), first)
     assert grown["racks"] == {"a": "z1", "b": "z2", "c": "z3"} and grown["datacenter"] == "dc1"
     assert grown["seeds"] == ["demo-a-0", "demo-b-0"]  # the seeds stay what they were at creation
@@ -50,3 +50,14 @@ def test_changes_to_placed_fields_are_refused_with_what_to_do_instead() -> None:
     # a new rack may have any zone; other settings may change
     assert placement.violation(record, spec(racks=[*RACKS, {"name": "c", "zone": "z7"}],
                                             config={"datacenter": "dc1", "log_level": "debug"})) is None
+
+
+def test_the_security_mode_is_held_to() -> None:
+    # A rolling change between TLS and plaintext splits the ring mid-roll: refused, as the CRD's rule does.
+    record = placement.record(spec(racks=RACKS))
+    assert placement.violation(record, spec(racks=RACKS, security={"mode": "operator"})) is None
+    for mode in ("insecure", "cert-manager"):
+        other = spec(racks=RACKS, security={"mode": mode, "issuerRef": {"name": "ca"}})
+        assert placement.violation(record, other) == placement.SECURITY
+    older = {k: v for k, v in record.items() if k != "security"}  # recorded before the mode was
+    assert placement.record(spec(racks=RACKS, security={"mode": "insecure"}), older)["security"] == "insecure"
