@@ -12,8 +12,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-from aiohttp import web
-
 from ringkv import logs
 from ringkv.api import auth, keys, limits, validation
 from ringkv.api.app import create_app
@@ -37,8 +35,9 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print,
                                   keepalive_timeout=config.http_keepalive_s)
     await runner.setup()  # opens storage (cleanup_ctx)
     https = security.http_tls and security.tls is not None
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024,
-                       ssl_context=security.tls.http_server if https and security.tls is not None else None)
+    site = limits.LimitedSite(runner, config.host, config.port, backlog=1024,
+                              handshake_timeout_s=config.http_header_timeout_s,
+                              ssl_context=security.tls.http_server if https and security.tls is not None else None)
     await site.start()
     port = config.port
     for address in runner.addresses:  # the real port when config.port is 0

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ringkv.security import certs
 from tests.integration.nodes import NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -143,3 +146,56 @@ def test_malformed_requests_get_a_json_4xx(node: NodeProcess, tmp_path: Path, re
     assert got == status, (got, body)
     assert isinstance(body["error"], str) and "Traceback" not in str(body) and "aaaa" not in str(body)
     assert healthy(node)
+
+
+# -- HTTPS: the TLS handshake is bounded and counted too ------------------------------------------------------
+
+HTTPS_CAP = 4
+
+
+@pytest.fixture(scope="module")
+def https_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, ssl.SSLContext]]:
+    root = tmp_path_factory.mktemp("limits-https")
+    certs_dir = root / "certs"
+    ca = certs.create_ca("limits")
+    node_pair = certs.create_node(ca, "limits", "n1", ["127.0.0.1"])
+    certs.write(certs_dir / certs.CA_CERT, ca.cert_pem)
+    certs.write(certs_dir / certs.NODE_CERT, node_pair.cert_pem)
+    certs.write(certs_dir / certs.NODE_KEY, node_pair.key_pem, secret=True)
+    certs.write(certs_dir / "tokens", b"", secret=True)  # no client tokens: /health is all this test asks
+    client = ssl.create_default_context(cafile=str(certs_dir / certs.CA_CERT))
+    with NodeProcess(root / "data", "n1", durability="off", insecure=False, extra_args=[
+            "--cluster-name", "limits", "--certs-dir", str(certs_dir), "--http-tls",
+            "--http-header-timeout-s", str(HEADER_TIMEOUT_S), "--http-max-connections", str(HTTPS_CAP)]) as n:
+        yield n, client
+
+
+def https_health(node: NodeProcess, context: ssl.SSLContext) -> int:
+    try:
+        with urllib.request.urlopen(node.url + "/health", timeout=5, context=context) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_stalled_tls_handshake_is_dropped_and_counted_against_the_cap(
+        https_node: tuple[NodeProcess, ssl.SSLContext]) -> None:
+    # asyncio held a connection that never sent its ClientHello for 60 s, outside the connection cap: enough of
+    # them held every file descriptor the node has (its SSTables, its peers' connections) at no cost.
+    node, context = https_node
+    assert node.url.startswith("https://") and https_health(node, context) == 200
+    held = [connect(node) for _ in range(HTTPS_CAP)]  # TCP only: no ClientHello, ever
+    try:
+        started = time.monotonic()
+        status = https_health(node, context)
+        assert status == 503, f"a {HTTPS_CAP + 1}th connection was served while {HTTPS_CAP} were handshaking"
+        for s in held:
+            assert closed_within(s, 5 * HEADER_TIMEOUT_S) is not None, "a stalled handshake was never dropped"
+        assert time.monotonic() - started < 4 * HEADER_TIMEOUT_S + 2
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while https_health(node, context) != 200:  # the cap frees up once the handshakes are forgotten
+        assert time.monotonic() < deadline, "the cap never freed up after the stalled handshakes went"
+        time.sleep(0.1)

@@ -2,9 +2,13 @@
 request's headers to arrive (slowloris), JSON bodies on the protocol's own errors, all counted.
 
 - `http_max_connections`: a connection beyond it is answered `503 too_many_connections` and closed at once.
+  Connections still in their TLS handshake count (HTTPS): asyncio makes the application's protocol at the
+  accept and calls its `connection_made` only once the handshake is done, so those are counted from the one to
+  the other (or, for a handshake that fails, until its deadline has passed).
 - `http_header_timeout_s`: a connection that has sent part of a request for this long without completing its
-  headers is closed (a client trickling a byte at a time holds nothing for long). Bodies are bounded by the
-  same deadline in the handlers that read them (`routes._json_body`).
+  headers is closed (a client trickling a byte at a time holds nothing for long); under HTTPS the handshake has
+  the same deadline (`LimitedSite`; asyncio's default is 60 s). Bodies are bounded by the same deadline in the
+  handlers that read them (`routes._json_body`).
 - `http_keepalive_s`: an idle keep-alive connection is closed after this (aiohttp's default is an hour).
 - Request line and header sizes are aiohttp's limits (`max_line_size`, `max_field_size`, `max_headers`); a
   request over them, or one that is not HTTP, gets a JSON `400`/`431` body like every other error.
@@ -28,6 +32,9 @@ class GuardedHandler(web_protocol.RequestHandler):
     metrics: NodeMetrics | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        opened = getattr(self._manager, "opened", None)
+        if opened is not None:
+            opened(self)
         super().connection_made(transport)
         # From the accept: a connection that sends nothing at all is held no longer than a slow one.
         self._guard: asyncio.TimerHandle | None = self._loop.call_later(self.header_timeout_s, self._expire)
@@ -98,16 +105,53 @@ class LimitedServer(web_server.Server):
         self._max_connections = max_connections
         self._metrics = metrics
         self._header_timeout_s = header_timeout_s
-        metrics.http_connections.set_function(lambda: len(self.connections))
+        self._opening: dict[GuardedHandler, asyncio.TimerHandle] = {}
+        metrics.http_connections.set_function(lambda: self.open_count)
 
     def __call__(self) -> Any:
-        if len(self.connections) >= self._max_connections:
+        if len(self.connections) + len(self._opening) >= self._max_connections:
             self._metrics.http_closed.labels("too_many_connections").inc()
             return _Reject()
         handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
         handler.header_timeout_s = self._header_timeout_s
         handler.metrics = self._metrics
+        # Counted until its connection_made (at once for plain TCP, after the handshake for TLS); a handshake
+        # that fails never calls it, and is forgotten once the handshake's deadline has passed.
+        self._opening[handler] = self._loop.call_later(self._header_timeout_s + 1.0, self.opened, handler)
         return handler
+
+    def opened(self, handler: GuardedHandler) -> None:
+        timer = self._opening.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    @property
+    def open_count(self) -> int:
+        """Open connections, those still in their TLS handshake included."""
+        return len(self.connections) + len(self._opening)
+
+
+class LimitedSite(web.TCPSite):
+    """aiohttp's TCP site, with the TLS handshake bounded by `handshake_timeout_s` (asyncio's default: 60 s)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, handshake_timeout_s: float,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout_s)
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
 class LimitedRunner(web.AppRunner):
