@@ -1,11 +1,15 @@
 """The cost of security: a 3-node cluster's put and get throughput and latency without TLS, with mutual TLS
 between the nodes (and bearer tokens), and with HTTPS to clients as well — in one run, same load generator.
 
-    python bench/tls.py [--duration 20] [--warmup 3] [--connections 64] [--value-size 1024] [--keys 10000]
-                        [--out docs/benchmarks.md]
+    python bench/tls.py [--duration 20] [--warmup 3] [--rounds 3] [--connections 64] [--value-size 1024]
+                        [--keys 10000] [--out docs/benchmarks.md]
 
 Each variant is a fresh `ringkv.local` cluster (RF 3, W 2, R 2, durability sync) on 127.0.0.1, started, loaded
 (`put`, then `get` after every key was written once) and stopped before the next; only one runs at a time.
+The variants are measured in `--rounds` interleaved rounds (each round in a rotated order: ABC, BCA, CAB...) and
+the table gives each figure's median over the rounds, with the range of the throughputs: on a shared 2-core
+machine one variant measured once after another drifts by more than TLS costs (two single runs put HTTPS at
+0.74x and 1.09x plaintext for puts).
 
 - plaintext:      `--insecure` (no TLS, no authentication): the reference.
 - mTLS + tokens:  the cluster CA, mutual TLS on every internode connection, a bearer token on every request;
@@ -27,6 +31,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import shlex
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +58,7 @@ WORKLOADS = {"put": 0.0, "get": 1.0}
 
 
 def measure(variant: Variant, root: str, args: argparse.Namespace, taken: set[int]) -> dict[str, RunResult]:
-    data_dir = os.path.join(root, variant.name.replace(" ", "").replace("+", "-"))
+    data_dir = tempfile.mkdtemp(prefix=variant.name.replace(" ", "").replace("+", "-") + "-", dir=root)
     base = ringkv_base_port(3, taken)
     log(f"{variant.name}: starting 3 nodes on ports {base}-{base + 2}")
     cluster = local.up(data_dir, nodes=3, base_port=base, replication=3, durability="sync",
@@ -86,27 +91,40 @@ def measure(variant: Variant, root: str, args: argparse.Namespace, taken: set[in
         local.down(data_dir)
 
 
-def table(results: dict[str, dict[str, RunResult]]) -> str:
-    base = results[VARIANTS[0].name]
-    lines = ["| cluster | put/s | put p50 | put p99 | get/s | get p50 | get p99 |",
+Results = dict[str, list[dict[str, RunResult]]]  # variant -> one {workload: result} per round
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def table(results: Results) -> str:
+    def rate(name: str, workload: str) -> float:
+        return _median([r[workload].ops_per_s for r in results[name]])
+
+    lines = ["| cluster | put/s (range) | put p50 | put p99 | get/s (range) | get p50 | get p99 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for variant in VARIANTS:
-        r = results[variant.name]
+        rounds = results[variant.name]
         cells = []
         for w in WORKLOADS:
-            rel = "" if variant is VARIANTS[0] else f" ({r[w].ops_per_s / base[w].ops_per_s:.2f}x)"
-            cells += [f"{r[w].ops_per_s:,.0f}{rel}", f"{ms(r[w], 50):.2f} ms", f"{ms(r[w], 99):.2f} ms"]
+            rates = [r[w].ops_per_s for r in rounds]
+            rel = "" if variant is VARIANTS[0] else f" **{rate(variant.name, w) / rate(VARIANTS[0].name, w):.2f}x**"
+            spread = f" ({min(rates):,.0f}-{max(rates):,.0f})" if len(rates) > 1 else ""
+            cells += [f"{_median(rates):,.0f}{rel}{spread}", f"{_median([ms(r[w], 50) for r in rounds]):.2f} ms",
+                      f"{_median([ms(r[w], 99) for r in rounds]):.2f} ms"]
         lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def document(results: dict[str, dict[str, RunResult]], args: argparse.Namespace, command: str) -> str:
+def document(results: Results, args: argparse.Namespace, command: str) -> str:
     return "\n".join([
         START, "## The cost of TLS", "",
-        f"`{command}` — one run, the variants one after another on the same machine: a 3-node cluster (RF 3, "
-        f"W 2, R 2, durability sync) driven by `ringkv.loadgen` ({args.connections} connections, "
-        f"{args.value_size}-byte values, {args.keys:,} uniform keys, {args.warmup:.0f} s warm-up then "
-        f"{args.duration:.0f} s per workload). Ratios are against plaintext.", "",
+        f"`{command}` — one run: a 3-node cluster (RF 3, W 2, R 2, durability sync) driven by `ringkv.loadgen` "
+        f"({args.connections} connections, {args.value_size}-byte values, {args.keys:,} uniform keys, "
+        f"{args.warmup:.0f} s warm-up then {args.duration:.0f} s per workload), each variant a fresh cluster, "
+        f"measured in {args.rounds} interleaved rounds (rotated order). Figures are medians over the rounds "
+        "(throughput ranges in parentheses); ratios are medians against plaintext's.", "",
         table(results), "",
         "Internode connections are persistent (one per peer pair and direction), so mutual TLS costs a "
         "handshake per connection and then symmetric encryption of each frame; the HTTPS variant adds the "
@@ -127,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant (medians reported)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--value-size", type=int, default=1024)
     p.add_argument("--keys", type=int, default=10_000)
@@ -137,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix="ringkv-tls-")
     taken: set[int] = set()
     try:
-        results = {v.name: measure(v, root, args, taken) for v in VARIANTS}
+        results: Results = {v.name: [] for v in VARIANTS}
+        for i in range(args.rounds):
+            for variant in VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]:
+                log(f"round {i + 1}/{args.rounds}: {variant.name}")
+                results[variant.name].append(measure(variant, root, args, taken))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     command = "python bench/tls.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
