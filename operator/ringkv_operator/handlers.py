@@ -15,6 +15,8 @@ One pass at a time per cluster (a lock). A pass is idempotent and driven by what
        as the policy says, their templates in rollout order (`plan.rollout`) when no size change is under way;
     5. write the rest of the status (`status.compute`) and the events of the pass.
 
+Every pass is counted and timed, and the status it writes exposed, by `metrics` (served on its own port).
+
 Deletion removes what the cluster owns (Kubernetes' garbage collector would too) and, with
 spec.storage.deletionPolicy Delete, the nodes' PersistentVolumeClaims.
 """
@@ -34,11 +36,12 @@ from typing import Any
 import aiohttp
 import kopf
 
-from ringkv_operator import credentials, kube, nodeapi, placement, plan, resources, scaling, status
+from ringkv_operator import credentials, kube, metrics, nodeapi, placement, plan, resources, scaling, status
 from ringkv_operator import settings as operator_settings
 from ringkv_operator import spec as specmod
 
 SETTINGS = operator_settings.from_env(os.environ)
+METRICS = metrics.Metrics()
 KVCLUSTERS = (specmod.API_GROUP, specmod.API_VERSION, specmod.PLURAL)
 FINALIZER = "ringkv.io/finalizer"
 RETRY_SECONDS = 10.0
@@ -80,9 +83,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     logger.info("ringkv operator: %s", SETTINGS)
 
 
+@kopf.on.startup()
+async def serve_metrics(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    if SETTINGS.metrics_port and "metrics" not in memo:
+        memo["metrics"] = await metrics.serve(METRICS, SETTINGS.metrics_port)
+        logger.info("metrics at :%d/metrics", SETTINGS.metrics_port)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    for key in ("api", "http"):
+    for key in ("metrics", "api", "http"):
         client = memo.pop(key, None)
         if client is not None:
             await client.close()
@@ -116,6 +126,7 @@ async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Log
 async def run_cluster(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
                       **_: Any) -> None:
     """The cluster's loop: a pass, then a pause (short while the size moves)."""
+    METRICS.manage(str(body.metadata.get("namespace")), str(body.metadata.get("name")))
     while not stopped:
         delay = SETTINGS.resync_seconds
         if not body.metadata.get("deletionTimestamp"):
@@ -130,12 +141,14 @@ async def run_cluster(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, sto
                 delay = RETRY_SECONDS
         await stopped.wait(delay)
     _locks.pop(str(body.metadata.get("uid") or body.metadata.get("name")), None)
+    METRICS.forget(str(body.metadata.get("namespace")), str(body.metadata.get("name")))
 
 
 @kopf.on.delete(*KVCLUSTERS)
 async def delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     name, namespace = str(body.metadata.get("name")), str(body.metadata.get("namespace"))
     uid = str(body.metadata.get("uid") or "")
+    METRICS.forget(namespace, name)
     api = _api(memo)
     try:
         for kind in (kube.STATEFULSET, kube.PDB, kube.SERVICE, kube.CONFIG_MAP):
@@ -160,7 +173,13 @@ class _Stopping(Exception):
 
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                     stopping: Callable[[], bool] = lambda: False) -> float:
-    """One pass; the seconds until the next one."""
+    """One pass, counted and timed; the seconds until the next one."""
+    with METRICS.reconcile_pass() as recorded:
+        return await _pass(body, memo, logger, stopping, recorded)
+
+
+async def _pass(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopping: Callable[[], bool],
+                recorded: metrics.Pass) -> float:
     api = _api(memo)
     name, namespace = str(body.metadata.get("name")), str(body.metadata.get("namespace"))
     try:
@@ -177,6 +196,8 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         if status.changed(failed, previous):  # logged (and so posted as an event) once, not every pass
             logger.error("KVCluster cannot be built: %s", e)
             await api.patch_status(kube.KVCLUSTER, namespace, name, failed)
+        recorded.fail("spec")
+        METRICS.observe(namespace, name, {**previous, **failed}, None)
         return SETTINGS.resync_seconds
     try:
         new, step = await _reconcile(cluster, body, previous, memo, logger, stopping)
@@ -191,6 +212,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
         kopf.event(body, type="Warning", reason="ScalingRefused", message=refusal)
     if status.changed(new, previous):
         await api.patch_status(kube.KVCLUSTER, namespace, name, new)
+    METRICS.observe(namespace, name, {**previous, **new}, cluster.replicas)
     _health["last_reconcile"] = time.time()
     moving = step.operation is not None or step.target is not None
     return FAST_SECONDS if moving else SETTINGS.resync_seconds
@@ -356,7 +378,10 @@ async def _act(step: scaling.Step, cluster: specmod.ClusterSpec, running: list[d
             if pod is None:
                 continue
             [url] = nodeapi.node_urls(SETTINGS.node_url_template, [pod], resources.peer_service_name(cluster.name))
-            code, answer = await nodeapi.decommission(http, url, SETTINGS.http_timeout_seconds, headers)
+            try:
+                code, answer = await nodeapi.decommission(http, url, SETTINGS.http_timeout_seconds, headers)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise metrics.NodeApiError(f"decommission of {action.name}: {e!r}") from e
             if code in (200, 202):
                 logger.info("decommission of %s: %s", action.name, (answer or {}).get("id"))
             else:

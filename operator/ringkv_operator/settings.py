@@ -8,6 +8,7 @@ is passed in.
                                             (the pod's container port named "http"); default the pod's DNS name
     RINGKV_OPERATOR_RESYNC_SECONDS          how often each KVCluster is reconciled and its status refreshed
     RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS    timeout of one request to a node's admin API
+    RINGKV_OPERATOR_METRICS_PORT            port of the operator's Prometheus /metrics (`metrics`); 0: not served
     POD_NAMESPACE                           the operator's namespace (informational: it watches all namespaces)
 """
 
@@ -23,7 +24,7 @@ URL_FIELDS = frozenset({"pod", "pod_ip", "service", "namespace", "port"})
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 ENV_NAMES = frozenset({"RINGKV_OPERATOR_NODE_IMAGE", "RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY",
                        "RINGKV_OPERATOR_NODE_URL_TEMPLATE", "RINGKV_OPERATOR_RESYNC_SECONDS",
-                       "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS", "POD_NAMESPACE"})
+                       "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS", "RINGKV_OPERATOR_METRICS_PORT", "POD_NAMESPACE"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Settings:
     node_url_template: str = DEFAULT_NODE_URL_TEMPLATE
     resync_seconds: float = 15.0
     http_timeout_seconds: float = 2.0
+    metrics_port: int = 8081
     namespace: str = ""
 
 
@@ -47,6 +49,15 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be positive")
     return value
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ValueError(f"{name}={raw!r} is not a port (0 to 65535)")
+    return int(raw)
 
 
 def from_env(environ: Mapping[str, str]) -> Settings:
@@ -66,6 +77,7 @@ def from_env(environ: Mapping[str, str]) -> Settings:
         resync_seconds=_positive(environ, "RINGKV_OPERATOR_RESYNC_SECONDS", Settings.resync_seconds),
         http_timeout_seconds=_positive(environ, "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS",
                                        Settings.http_timeout_seconds),
+        metrics_port=_port(environ, "RINGKV_OPERATOR_METRICS_PORT", Settings.metrics_port),
         namespace=environ.get("POD_NAMESPACE", "").strip(),
     )
 

@@ -128,6 +128,7 @@ class Operator:
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test", "namespace": NS}}],
         }))
         self.liveness_port = free_port()
+        self.metrics_port = free_port()
         self.starts = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
@@ -148,6 +149,7 @@ class Operator:
             "RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY": "IfNotPresent",
             "RINGKV_OPERATOR_NODE_URL_TEMPLATE": "http://{pod_ip}:{port}",
             "RINGKV_OPERATOR_RESYNC_SECONDS": str(RESYNC_S),
+            "RINGKV_OPERATOR_METRICS_PORT": str(self.metrics_port),
         })
         self.starts += 1
         with open(self.log, "ab") as log:
@@ -161,6 +163,14 @@ class Operator:
                 return dict(json.loads(r.read()))
         except (OSError, ValueError):
             return None
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition ("" while it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
 
     def stop(self) -> int | None:
         if self.proc is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 kmock = pytest.importorskip("kmock", reason="kmock is missing (pip install -e '.[dev]')")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
@@ -123,6 +124,14 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
     world.wait("a put at W=3 to succeed", lambda: put_ok(node.url, "before-rollout", {"n": 1}, w=3), 15)
     liveness = world.operator.liveness()
     assert liveness is not None and liveness["reconciler"]["last_reconcile"] > 0
+    # The operator's own metrics: passes counted, the cluster's phase and sizes.
+    exposed = world.wait("the operator's metrics to show demo Running", lambda: (
+        m := world.operator.metrics()) and _sample(m, "ringkv_operator_cluster_phase", name="demo",
+                                                   phase="Running") == 1 and m)
+    assert _sample(exposed, "ringkv_operator_reconciles_total", result="ok") >= 1
+    assert _sample(exposed, "ringkv_operator_cluster_ready_nodes", name="demo") == 3
+    assert _sample(exposed, "ringkv_operator_cluster_desired_nodes", name="demo") == 3
+    assert _sample(exposed, "ringkv_operator_clusters") == 1
 
     # 3. A new image rolls into the StatefulSet; the controller replaces the pods one by one.
     api.patch(f"{KVC}/demo", {"metadata": {"generation": 2}, "spec": {"image": "ringkv:2"}})
@@ -141,6 +150,8 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
     world.wait("Degraded", lambda: world.condition("demo", "Degraded").get("status") == "True", 60)
     assert world.condition("demo", "Available")["status"] == "True"
     assert (world.kvcluster("demo") or {})["status"]["phase"] == "Degraded"
+    world.wait("the operator's metrics to show demo Degraded", lambda: _sample(
+        world.operator.metrics(), "ringkv_operator_cluster_phase", name="demo", phase="Degraded") == 1)
     controller.release("demo-2")
     world.wait("Running again", lambda: world.running("demo", 3, generation=2), 90)
 
@@ -170,6 +181,17 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
         assert api.get(path) is None, path
     assert sorted(c["metadata"]["name"] for c in api.items(PVCS)) == claims
     world.wait("the pods to be gone", lambda: not api.items(PODS))
+    world.wait("the cluster's series to leave the operator's metrics",
+               lambda: 'name="demo"' not in world.operator.metrics() and world.operator.metrics())
+
+
+def _sample(exposition: str, metric: str, **labels: str) -> float | None:
+    """The value of the sample METRIC whose labels include LABELS, from a Prometheus text exposition."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
 
 
 def test_deletion_policy_delete_removes_the_volumes(world: World) -> None:

@@ -9,6 +9,12 @@ def test_defaults() -> None:
     got = settings.from_env({})
     assert got == settings.Settings()
     assert got.node_url_template == "http://{pod}.{service}.{namespace}.svc:{port}"
+    assert got.metrics_port == 8081
+
+
+def test_the_metrics_port_can_move_or_be_turned_off() -> None:
+    assert settings.from_env({"RINGKV_OPERATOR_METRICS_PORT": "9100"}).metrics_port == 9100
+    assert settings.from_env({"RINGKV_OPERATOR_METRICS_PORT": "0"}).metrics_port == 0
 
 
 def test_from_the_charts_environment() -> None:
@@ -27,6 +33,8 @@ def test_from_the_charts_environment() -> None:
     ({"RINGKV_OPERATOR_NODE_URL_TEMPLATE": "http://{host}:1"}, "host"),
     ({"RINGKV_OPERATOR_RESYNC_SECONDS": "0"}, "positive"),
     ({"RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS": "soon"}, "not a number"),
+    ({"RINGKV_OPERATOR_METRICS_PORT": "65536"}, "METRICS_PORT"),
+    ({"RINGKV_OPERATOR_METRICS_PORT": "-1"}, "not a port"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
