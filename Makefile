@@ -34,3 +34,8 @@ tls-bench:  ## a 3-node cluster's put/get throughput and p99: plaintext, mutual 
 .PHONY: fuzz
 fuzz:  ## the internode fuzz tests (tests/fuzz) with EXAMPLES= examples per test (default 2000: ~8 min), fresh randomness each run
 	bash tools/bootstrap && RINGKV_FUZZ_EXAMPLES=$(or $(EXAMPLES),2000) .venv/bin/python -m pytest -q tests/fuzz --timeout 0
+.PHONY: dashboard-png dashboard
+dashboard:  ## re-render the Grafana dashboard JSON (charts/ringkv/files/dashboards/ringkv.json) from tools/render-dashboard
+	python3 tools/render-dashboard
+dashboard-png:  ## docs/img/dashboard.png: the dashboard's panels from a real Prometheus scraping a local cluster through a node kill, restart and repair; PHASE_S= overrides
+	bash tools/bootstrap && .venv/bin/python bench/dashboard.py --phase-s $(or $(PHASE_S),20)

@@ -33,28 +33,43 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print,
                                   handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_timeout_s,
                                   max_line_size=MAX_REQUEST_LINE, max_field_size=config.http_max_header_bytes,
                                   keepalive_timeout=config.http_keepalive_s)
-    await runner.setup()  # opens storage (cleanup_ctx)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # first: a SIGTERM during a long replay is graceful too
+        loop.add_signal_handler(sig, stop.set)
+    await runner.setup()  # starts opening storage and the node in the background (cleanup_ctx)
+    state = app[keys.STATE]
     https = security.http_tls and security.tls is not None
     site = limits.LimitedSite(runner, config.host, config.port, backlog=1024,
                               handshake_timeout_s=config.http_header_timeout_s,
                               ssl_context=security.tls.http_server if https and security.tls is not None else None)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     port = config.port
     for address in runner.addresses:  # the real port when config.port is 0
         port = address[1]
-    node_id = app[keys.STATE].node_id
+    node_id = state.node_id
     url = f"{'https' if https else 'http'}://{config.host}:{port}"
-    log.info("node %s listening on %s", node_id, url)
-    app[keys.NODE].set_http_port(port)
+    log.info("node %s listening on %s (%s)", node_id, url, state.phase)
+    state.listening_on(port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a SIGTERM right after it is graceful
-        loop.add_signal_handler(sig, stop.set)
-    ready(f"ringkv node {node_id} ready on {url}")
-    await stop.wait()
+    opening = state.opening
+    assert opening is not None
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if opening.done() and not opening.cancelled() and opening.exception() is not None:
+        state.phase = keys.FAILED
+        stopped.cancel()
+        await runner.cleanup()
+        raise opening.exception()  # type: ignore[misc]  # as an open in runner.setup() used to
+    if not stop.is_set():
+        ready(f"ringkv node {node_id} ready on {url}")
+        await stop.wait()
     log.info("node %s stopping", node_id)
-    app[keys.STATE].stopping = True
+    state.stopping = True
     await runner.cleanup()  # stop listening, drain in-flight requests, close storage
     log.info("node %s stopped", node_id)
     return 0

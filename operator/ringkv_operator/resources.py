@@ -293,7 +293,9 @@ def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Sett
                   {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_map_name(spec.name)}}],
         "env": env,
-        # Up to 10 minutes to open storage (replaying a large commit log) and join the ring before liveness.
+        # The node answers /health from before its storage replay (of any size: it runs off the event loop)
+        # and its join, so liveness holds through both; /ready gates traffic. The startup probe only covers
+        # the process coming up (up to 10 minutes: slow volumes, a cold image cache).
         "startupProbe": _probe("/health", 5, 120, spec.https),
         "livenessProbe": _probe("/health", 10, 6, spec.https),
         "readinessProbe": _probe("/ready", 5, 3, spec.https),

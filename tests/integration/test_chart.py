@@ -6,7 +6,9 @@
 - custom resources, which kubernetes-validate cannot check: a KVCluster against the CRD's own openAPIV3Schema
   (jsonschema, with every object closed as the API server's strict field validation does) and its CEL rules
   (evaluated with a CEL interpreter, after applying the schema's defaults as the API server does); the
-  ServiceMonitor by shape;
+  prometheus-operator objects (ServiceMonitor, PodMonitors, PrometheusRule) by shape, and against the labels and
+  ports the operator really gives the pods;
+- the monitoring objects carry files/alerts and files/dashboards unchanged;
 - manifests/ equal to what tools/render-manifests makes from the chart.
 
 Tools that cannot be installed make these tests skip, naming the reason.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -37,10 +40,15 @@ TOP = Path(__file__).resolve().parents[2]
 CHART = TOP / "charts" / "ringkv"
 MANIFESTS = TOP / "manifests"
 EXAMPLE = MANIFESTS / "examples" / "kvcluster.yaml"
+RULES = CHART / "files" / "alerts" / "ringkv-rules.yaml"
+DASHBOARD = CHART / "files" / "dashboards" / "ringkv.json"
 # The chart's kubeVersion floor, and the newest schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-CUSTOM_KINDS = {"KVCluster", "ServiceMonitor"}
-FULL = ("--set", "cluster.enabled=true", "--set", "serviceMonitor.enabled=true")
+CUSTOM_KINDS = {"KVCluster", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
+MONITORING = ("--set", "podMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
+              "--set", "grafanaDashboard.enabled=true")
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"}
+FULL = ("--set", "cluster.enabled=true", "--set", "serviceMonitor.enabled=true", *MONITORING)
 # Node settings the operator derives from the KVCluster; everything else a node takes is spec.config.
 OPERATOR_OWNED_SETTINGS = {"data_dir", "host", "port", "peer_port", "node_id", "advertise_host", "seeds",
                            "cluster_name", "replication_factor", "read_quorum", "write_quorum", "tokens", "rack",
@@ -94,9 +102,18 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [found] = by_kind(objects, kind)
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [found] = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
     return found
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [container] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +265,116 @@ SERVICE_MONITOR_SHAPE: dict[str, Any] = {
 }
 
 
+RELABELINGS: dict[str, Any] = SERVICE_MONITOR_SHAPE["properties"]["spec"]["properties"]["endpoints"]["items"][
+    "properties"]["relabelings"]
+
+# -- PodMonitor and PrometheusRule: likewise, the fields used, against prometheus-operator's v1 API --------------
+
+POD_MONITOR_SHAPE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": SERVICE_MONITOR_SHAPE["properties"]["metadata"],
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": SERVICE_MONITOR_SHAPE["properties"]["spec"]["properties"]["namespaceSelector"],
+                "selector": SERVICE_MONITOR_SHAPE["properties"]["spec"]["properties"]["selector"],
+                "podMetricsEndpoints": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": SERVICE_MONITOR_SHAPE["properties"]["spec"]["properties"]["endpoints"][
+                                "items"]["properties"]["interval"],
+                            "scrapeTimeout": {"type": "string"},
+                            "honorLabels": {"type": "boolean"},
+                            "tlsConfig": {"type": "object"},
+                            "relabelings": RELABELINGS,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+PROMETHEUS_RULE_SHAPE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SHAPE["properties"]["metadata"],
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string"},
+                            "rules": {
+                                "type": "array", "minItems": 1,
+                                "items": {
+                                    "type": "object", "additionalProperties": False, "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "properties": {
+                                        "alert": {"type": "string"}, "record": {"type": "string"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string"}, "keep_firing_for": {"type": "string"},
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {"type": "object",
+                                                        "additionalProperties": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def prometheus_label(pod_label: str) -> str:
+    """The meta label Kubernetes service discovery gives a pod label (every character outside [a-zA-Z0-9_]
+    becomes _)."""
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+def relabeled(endpoint: dict[str, Any]) -> dict[str, list[str]]:
+    """target label -> the source labels it is copied from (plain `replace` relabelings)."""
+    return {r["targetLabel"]: r.get("sourceLabels", []) for r in endpoint["relabelings"]
+            if r.get("action", "replace") == "replace"}
+
+
+def node_pods(racks: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The pod templates of the StatefulSets the operator really builds for a KVCluster "demo" in namespace db."""
+    from ringkv_operator import plan, resources, settings
+    from ringkv_operator import spec as specmod
+    from tests.unit.operator.samples import kvcluster as sample
+
+    cluster = specmod.parse(sample(replicas=3, replicationFactor=3, racks=racks))
+    objects = resources.all_objects(cluster, plan.desired_shape(cluster), settings.Settings())
+    return [o["spec"]["template"] for o in objects if o["kind"] == "StatefulSet"]
+
+
 # -- helm ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [(), FULL], ids=["defaults", "cluster+serviceMonitor"])
+@pytest.mark.parametrize("values", [(), FULL], ids=["defaults", "everything"])
 def test_helm_lint(tools: Tools, values: tuple[str, ...]) -> None:
     proc = helm(tools, "lint", "--strict", str(CHART), *values)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -263,11 +386,24 @@ def test_default_render_has_the_operator_and_no_optional_objects(default_objects
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "ServiceAccount"]
 
 
-def test_full_render_adds_the_kvcluster_and_the_servicemonitor(full_objects: list[dict[str, Any]]) -> None:
-    assert {"KVCluster", "ServiceMonitor"} <= {o["kind"] for o in full_objects}
+def test_full_render_adds_the_kvcluster_and_the_monitoring_objects(full_objects: list[dict[str, Any]]) -> None:
+    kinds = sorted(o["kind"] for o in full_objects if o["kind"] in MONITORING_KINDS | {"KVCluster"})
+    assert kinds == ["ConfigMap", "KVCluster", "PodMonitor", "PodMonitor", "PrometheusRule", "ServiceMonitor"]
 
 
-@pytest.mark.parametrize("values", [(), FULL], ids=["defaults", "cluster+serviceMonitor"])
+@pytest.mark.parametrize("values", [(), ("--set", "cluster.enabled=true")], ids=["defaults", "cluster"])
+def test_no_monitoring_objects_by_default(tools: Tools, values: tuple[str, ...]) -> None:
+    assert [o["kind"] for o in render(tools, *values) if o["kind"] in MONITORING_KINDS] == []
+
+
+@pytest.mark.parametrize("switch", ["podMonitor", "prometheusRule", "grafanaDashboard", "serviceMonitor"])
+def test_each_monitoring_object_has_its_own_switch(tools: Tools, switch: str) -> None:
+    kinds = sorted(o["kind"] for o in render(tools, "--set", f"{switch}.enabled=true") if o["kind"] in MONITORING_KINDS)
+    assert kinds == {"podMonitor": ["PodMonitor", "PodMonitor"], "prometheusRule": ["PrometheusRule"],
+                     "grafanaDashboard": ["ConfigMap"], "serviceMonitor": ["ServiceMonitor"]}[switch]
+
+
+@pytest.mark.parametrize("values", [(), FULL], ids=["defaults", "everything"])
 def test_rendered_objects_pass_kubernetes_validate_strict(tools: Tools, tmp_path: Path,
                                                           values: tuple[str, ...]) -> None:
     objects = render(tools, *values)
@@ -302,17 +438,168 @@ def test_network_policy_admits_internode_traffic_only_from_the_clusters_nodes(
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     peer, http = policy["spec"]["ingress"]
     assert peer == {"from": [{"podSelector": {"matchLabels": nodes}}], "ports": [{"protocol": "TCP", "port": 7070}]}
-    assert http == {"ports": [{"protocol": "TCP", "port": 8080}]}  # from anywhere: the API needs a token
+    assert http == {"ports": [{"protocol": "TCP", "port": 8080}]}  # from anywhere, Prometheus included
     from ringkv_operator import resources, spec  # the operator labels its pods exactly so
     assert resources.selector_labels(spec.parse({"metadata": {"name": kvcluster["metadata"]["name"],
                                                               "namespace": "x"}, "spec": {}})) == nodes
 
 
+def test_network_policy_admits_prometheus_when_httpfrom_narrows_the_api(tools: Tools) -> None:
+    team = {"namespaceSelector": {"matchLabels": {"team": "a"}}}
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    narrowed = ("--set", "cluster.enabled=true", "--set-json", f"cluster.networkPolicy.httpFrom=[{json.dumps(team)}]")
+    _, http = one(render(tools, *narrowed), "NetworkPolicy")["spec"]["ingress"]
+    assert http == {"ports": [{"protocol": "TCP", "port": 8080}], "from": [team]}  # Prometheus shut out
+    _, http, metrics = one(render(tools, *narrowed, "--set-json",
+                                  f"cluster.networkPolicy.metricsFrom=[{json.dumps(prometheus)}]"),
+                           "NetworkPolicy")["spec"]["ingress"]
+    assert metrics == {"ports": [{"protocol": "TCP", "port": 8080}], "from": [prometheus]}
+
+
 def test_servicemonitor_has_the_prometheus_operator_shape(full_objects: list[dict[str, Any]]) -> None:
     monitor = one(full_objects, "ServiceMonitor")
     assert schema_errors(SERVICE_MONITOR_SHAPE, monitor) == []
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["path"] == "/metrics"
+    # kvcluster from the client Service's app.kubernetes.io/instance (the operator sets it to the cluster's name,
+    # as on the pods); rack and pod from the pod behind each endpoint, as the PodMonitor does.
+    assert relabeled(endpoint) == {
+        "kvcluster": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+        "rack": [prometheus_label("ringkv.io/rack")], "pod": ["__meta_kubernetes_pod_name"]}
+
+
+def test_shapes_notice_a_misspelt_field(full_objects: list[dict[str, Any]]) -> None:
+    """The control: the shape checks above and below would notice a field prometheus-operator does not have."""
+    monitor = copy.deepcopy(one(full_objects, "PodMonitor", "ringkv-nodes"))
+    monitor["spec"]["podMetricEndpoints"] = monitor["spec"].pop("podMetricsEndpoints")
+    assert schema_errors(POD_MONITOR_SHAPE, monitor)
+    rule = copy.deepcopy(one(full_objects, "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["annotation"] = {}
+    assert schema_errors(PROMETHEUS_RULE_SHAPE, rule)
+
+
+# -- monitoring: PodMonitors, PrometheusRule, dashboard ----------------------------------------------------------
+
+
+def test_podmonitors_have_the_prometheus_operator_shape(full_objects: list[dict[str, Any]]) -> None:
+    monitors = by_kind(full_objects, "PodMonitor")
+    assert sorted(m["metadata"]["name"] for m in monitors) == ["ringkv-nodes", "ringkv-operator"]
+    for monitor in monitors:
+        assert schema_errors(POD_MONITOR_SHAPE, monitor) == []
+        assert monitor["metadata"]["namespace"] == "ringkv-system"
+
+
+def test_node_podmonitor_selects_every_kvclusters_node_pods(full_objects: list[dict[str, Any]]) -> None:
+    monitor = one(full_objects, "PodMonitor", "ringkv-nodes")
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "ringkv",
+                                                "app.kubernetes.io/component": "node"}}
+    [endpoint] = spec["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == ("http", "/metrics", "http")
+    # The pods the operator really makes, with and without racks: selected, and with the port scraped.
+    for racks in ([], [{"name": "a"}, {"name": "b"}, {"name": "c"}]):
+        templates = node_pods(racks)
+        assert templates
+        for template in templates:
+            assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+            [container] = template["spec"]["containers"]
+            assert "http" in {p["name"] for p in container["ports"]}
+
+
+def test_node_podmonitor_labels_kvcluster_rack_pod_and_namespace(full_objects: list[dict[str, Any]]) -> None:
+    [endpoint] = one(full_objects, "PodMonitor", "ringkv-nodes")["spec"]["podMetricsEndpoints"]
+    assert relabeled(endpoint) == {
+        "kvcluster": [prometheus_label("app.kubernetes.io/instance")],
+        "rack": ["__meta_kubernetes_pod_label_ringkv_io_rack"],
+        "pod": ["__meta_kubernetes_pod_name"],
+        "namespace": ["__meta_kubernetes_namespace"]}
+    # The pod labels those come from are the operator's: instance is the KVCluster's name, ringkv.io/rack the rack.
+    from ringkv_operator import plan
+    assert plan.RACK_LABEL == "ringkv.io/rack"
+    labels = [t["metadata"]["labels"] for t in node_pods([{"name": "a"}, {"name": "b"}, {"name": "c"}])]
+    assert sorted(lab[plan.RACK_LABEL] for lab in labels) == ["a", "b", "c"]
+    assert {lab["app.kubernetes.io/instance"] for lab in labels} == {"demo"}
+
+
+def test_operator_podmonitor_scrapes_the_operators_metrics_port(full_objects: list[dict[str, Any]]) -> None:
+    spec = one(full_objects, "PodMonitor", "ringkv-operator")["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": ["ringkv-system"]}
+    template = one(full_objects, "Deployment")["spec"]["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    [endpoint] = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in operator_container(full_objects)["ports"]}
+    # The operator's series name KVClusters by namespace and name: theirs must win over the target's namespace.
+    assert endpoint["honorLabels"] is True
+    assert "kvcluster" not in relabeled(endpoint)
+
+
+def test_no_operator_podmonitor_without_operator_metrics(tools: Tools) -> None:
+    objects = render(tools, "--set", "podMonitor.enabled=true", "--set", "operator.metricsPort=0")
+    assert [m["metadata"]["name"] for m in by_kind(objects, "PodMonitor")] == ["ringkv-nodes"]
+
+
+def test_podmonitor_values(tools: Tools) -> None:
+    objects = render(tools, "--set", "podMonitor.enabled=true", "--set", "podMonitor.labels.release=kps",
+                     "--set", "podMonitor.interval=15s", "--set", "podMonitor.scheme=https",
+                     "--set", "podMonitor.tlsConfig.insecureSkipVerify=true",
+                     "--set-json", 'podMonitor.namespaceSelector={"matchNames": ["db"]}')
+    for monitor in by_kind(objects, "PodMonitor"):
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        assert monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+    nodes = one(objects, "PodMonitor", "ringkv-nodes")["spec"]
+    assert nodes["namespaceSelector"] == {"matchNames": ["db"]}
+    assert nodes["podMetricsEndpoints"][0]["scheme"] == "https"
+    assert nodes["podMetricsEndpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}
+    assert schema_errors(POD_MONITOR_SHAPE, one(objects, "PodMonitor", "ringkv-nodes")) == []
+
+
+def test_servicemonitor_namespaces_by_name(tools: Tools) -> None:
+    objects = render(tools, "--set", "serviceMonitor.enabled=true",
+                     "--set-json", 'serviceMonitor.namespaceSelector={"matchNames": ["db"]}')
+    assert one(objects, "ServiceMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["db"]}  # no any: true
+
+
+def test_prometheusrule_is_the_rules_file_unchanged(full_objects: list[dict[str, Any]]) -> None:
+    rule = one(full_objects, "PrometheusRule")
+    assert schema_errors(PROMETHEUS_RULE_SHAPE, rule) == []
+    source = yaml.safe_load(RULES.read_text())
+    assert set(source) == {"groups"}
+    assert rule["spec"] == {"groups": source["groups"]}
+    # Prometheus' own templates reach it as written, not rendered (or emptied) by Helm.
+    [node_down] = [r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "RingkvNodeDown"]
+    assert node_down["annotations"]["summary"] == ("ringkv node {{ $labels.member }} ({{ $labels.member_rack }}) "
+                                                   "is down in {{ $labels.kvcluster }}")
+
+
+def test_prometheusrule_labels(tools: Tools) -> None:
+    objects = render(tools, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=kps")
+    assert one(objects, "PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+
+
+def test_dashboard_configmap_holds_the_dashboard_file_verbatim(full_objects: list[dict[str, Any]]) -> None:
+    config_map = one(full_objects, "ConfigMap")
+    assert config_map["metadata"]["name"] == "ringkv-dashboard"
+    assert config_map["metadata"]["namespace"] == "ringkv-system"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert set(config_map["data"]) == {"ringkv.json"}
+    assert config_map["data"]["ringkv.json"] == DASHBOARD.read_text()
+    assert json.loads(config_map["data"]["ringkv.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_dashboard_configmap_labels_annotations_and_namespace(tools: Tools) -> None:
+    objects = render(tools, "--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=monitoring",
+                     "--set", "grafanaDashboard.annotations.grafana_folder=ringkv",
+                     "--set", "grafanaDashboard.labels.dashboards=ringkv",
+                     "--set", "grafanaDashboard.labels.grafana_dashboard=null")  # a sidecar with another label
+    metadata = one(objects, "ConfigMap")["metadata"]
+    assert metadata["namespace"] == "monitoring"
+    assert metadata["annotations"] == {"grafana_folder": "ringkv"}
+    assert metadata["labels"]["dashboards"] == "ringkv"
+    assert "grafana_dashboard" not in metadata["labels"]
 
 
 @pytest.mark.parametrize(("values", "complaint"), [
@@ -320,7 +607,16 @@ def test_servicemonitor_has_the_prometheus_operator_shape(full_objects: list[dic
     (("--set", "image.pullPolicy=Sometimes"), "pullPolicy"),
     (("--set", "cluster.storage.size=-1Gi"), "size"),
     (("--set", "operator.bogus=1"), "bogus"),
-], ids=["replicas-0", "pull-policy", "negative-storage", "unknown-value"])
+    (("--set", "operator.metricsPort=8080"), "metricsPort"),
+    (("--set", "operator.metricsPort=70000"), "metricsPort"),
+    (("--set", "podMonitor.scheme=ftp"), "scheme"),
+    (("--set", "podMonitor.bogus=1"), "bogus"),
+    (("--set", "prometheusRule.bogus=1"), "bogus"),
+    (("--set", "grafanaDashboard.labels.x=1"), "labels"),
+    (("--set", "cluster.networkPolicy.metricsFrom=x"), "metricsFrom"),
+], ids=["replicas-0", "pull-policy", "negative-storage", "unknown-value", "metrics-port-healthz",
+        "metrics-port-range", "podmonitor-scheme", "podmonitor-unknown", "prometheusrule-unknown",
+        "dashboard-label-not-string", "metrics-from-not-list"])
 def test_values_schema_rejects_bad_values(tools: Tools, values: tuple[str, ...], complaint: str) -> None:
     proc = helm(tools, "template", "ringkv", str(CHART), *values)
     assert proc.returncode != 0
@@ -356,14 +652,34 @@ def test_operator_deployment(default_objects: list[dict[str, Any]]) -> None:
     assert "--all-namespaces" in container["command"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["command"]
     probe = container["livenessProbe"]["httpGet"]
-    [port] = container["ports"]
-    assert probe["path"] == "/healthz" and probe["port"] == port["name"] and port["containerPort"] == 8080
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    assert ports == {"healthz": 8080, "metrics": 8081}
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert "healthcheck" not in str(container).lower()
+
+
+@pytest.mark.parametrize(("values", "port"), [((), 8081), (("--set", "operator.metricsPort=9100"), 9100),
+                                              (("--set", "operator.metricsPort=0"), 0)],
+                         ids=["default", "9100", "off"])
+def test_operator_metrics_port_and_env(tools: Tools, values: tuple[str, ...], port: int) -> None:
+    from ringkv_operator import settings
+    container = operator_container(render(tools, *values))
+    ports = {p["name"]: p for p in container["ports"]}
+    if port:
+        assert ports["metrics"] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
+    else:
+        assert set(ports) == {"healthz"}
+    env = env_of(container)
+    assert env["RINGKV_OPERATOR_METRICS_PORT"] == str(port)
+    # What the operator makes of its environment (the names it knows, the port it serves on).
+    assert set(env) <= settings.ENV_NAMES
+    plain = {name: value for name, value in env.items() if isinstance(value, str)}
+    assert settings.from_env(plain).metrics_port == port
 
 
 def test_rbac_is_exactly_what_the_operator_needs(default_objects: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import ringkv
 from ringkv.client import Client, ClientError, JSONValue
 from tests.integration.nodes import NodeProcess
 
@@ -472,7 +473,7 @@ def test_longest_key_can_be_read_back(node: NodeProcess) -> None:
 
 def test_health_and_ready(node: NodeProcess) -> None:
     health = run(call(node.url, "GET", "/health"))
-    assert health.status == 200 and health.doc == {"status": "ok"}
+    assert health.status == 200 and health.doc == {"status": "ok", "node_id": "api", "phase": "serving"}
     ready = run(call(node.url, "GET", "/ready"))
     assert ready.status == 200 and ready.doc == {"status": "ready", "node_id": "api"}
 
@@ -512,6 +513,18 @@ def test_metrics(node: NodeProcess) -> None:
     assert value("ringkv_storage_memtable_bytes") > 0
     assert value("ringkv_storage_commitlog_fsync_duration_seconds_count") >= 1  # durability sync
     assert value("ringkv_storage_bloom_filter_checks_total", outcome="negative") >= 0
+    # errors by their stable code (the JSON body's `error`), for the dashboard's "errors by code"
+    assert value("ringkv_http_errors_total", code="not_found") >= 2  # the absent key, the unknown route
+    assert value("ringkv_http_errors_total", code="invalid_json") >= 1
+    # the data directory's file system, for the disk-full alerts
+    assert 0 < value("ringkv_storage_disk_free_bytes") <= value("ringkv_storage_disk_capacity_bytes")
+    assert value("ringkv_node_info", node=node.node_id, node_rack="rack1", node_datacenter="dc1",
+                 version=ringkv.__version__) == 1
+    assert value("ringkv_cluster_member_up", member=node.node_id, member_rack="rack1", member_datacenter="dc1",
+                 member_status="normal") == 1
+    for kind in ("repair", "decommission", "removenode", "cleanup", "drain"):
+        assert value("ringkv_operation_age_seconds", kind=kind) == 0
+        assert value("ringkv_operation_progress_ratio", kind=kind) == 0
 
 
 def test_openapi_document(node: NodeProcess) -> None:

@@ -54,3 +54,14 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A prometheus-operator namespaceSelector from values: matchNames, when given, wins over the default
+     any: true (Helm merges the two maps, and prometheus-operator would let `any` win). */}}
+{{- define "ringkv.namespaceSelector" -}}
+{{- if .matchNames -}}
+matchNames:
+  {{- toYaml .matchNames | nindent 2 }}
+{{- else -}}
+{{- toYaml (omit . "matchNames") }}
+{{- end -}}
+{{- end -}}

@@ -27,7 +27,7 @@ admin_routes = web.RouteTableDef()
 
 @admin_routes.get("/admin/v1/ring")
 async def ring(request: web.Request) -> web.Response:
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     coordinator = node.coordinator
     ring = coordinator.ring
     n = coordinator.settings.replication
@@ -74,7 +74,7 @@ def ring_views(node: Any) -> dict[str, str]:
 async def node_state(request: web.Request) -> web.Response:
     """This node: its mode (starting, joining, normal, leaving, left, drained, stopping), identity, view of the
     ring and whether every live member shares it, the ranges it is streaming in, and its storage usage."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     views = ring_views(node)
     return json_response({
         "node_id": node.node_id, "mode": node.mode, "ready": node.ready, "actor": node.replica.actor,
@@ -95,7 +95,7 @@ def storage_usage(node: ClusterNode) -> dict[str, int]:
 
 @admin_routes.get("/admin/v1/members")
 async def members(request: web.Request) -> web.Response:
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     gossiper = node.gossiper
     out = []
     for state in sorted(node.membership.members.values(), key=lambda s: s.node_id):
@@ -114,13 +114,13 @@ async def members(request: web.Request) -> web.Response:
 async def local_record(request: web.Request) -> web.Response:
     """What this node's own storage holds for one key: every sibling with its dot, and the context."""
     key, key_bytes = validation.parse_key_query(request.query)
-    record = await request.app[keys.NODE].replica.read(key_bytes)
+    record = await keys.node_of(request.app).replica.read(key_bytes)
     if not record.versions:
         return error_response(404, "not_found", "this node holds no record for the key", key=key)
     return json_response({
         "key": key,
-        "node_id": request.app[keys.NODE].node_id,
-        "actor": request.app[keys.NODE].replica.actor,
+        "node_id": keys.node_of(request.app).node_id,
+        "actor": keys.node_of(request.app).replica.actor,
         "versions": [
             {"node": v.dot.node, "counter": v.dot.counter, "timestamp_ms": v.timestamp_ms,
              "deleted": v.value is None, "value": None if v.value is None else orjson.Fragment(v.value)}
@@ -132,7 +132,7 @@ async def local_record(request: web.Request) -> web.Response:
 
 @admin_routes.get("/admin/v1/hints")
 async def hints(request: web.Request) -> web.Response:
-    store = request.app[keys.NODE].hints
+    store = keys.node_of(request.app).hints
     return json_response({"pending": dict(store.pending), "bytes": store.bytes, "stored": store.stored,
                           "delivered": store.delivered, "dropped": store.dropped, "corrupt": store.corrupt,
                           "delivered_bytes": store.delivered_bytes})
@@ -141,7 +141,7 @@ async def hints(request: web.Request) -> web.Response:
 @admin_routes.get("/admin/v1/antientropy")
 async def antientropy(request: web.Request) -> web.Response:
     """This node's anti-entropy: its ranges, their trees, when each was last verified with each replica."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     if node.antientropy is None:
         return error_response(503, "not_ready", "anti-entropy has not started yet")
     return json_response(node.antientropy.status())
@@ -151,7 +151,7 @@ async def antientropy(request: web.Request) -> web.Response:
 async def start_repair(request: web.Request) -> web.Response:
     """Start a repair of every range this node replicates, or of one (`{"range": "lo:hi"}`): 202 with the
     operation, whose progress `GET /admin/v1/repair/{id}` shows."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     if node.antientropy is None:
         return error_response(503, "not_ready", "anti-entropy has not started yet")
     wanted = validation.parse_repair(await request.read())
@@ -167,13 +167,13 @@ async def start_repair(request: web.Request) -> web.Response:
 
 @admin_routes.get("/admin/v1/repair")
 async def list_repairs(request: web.Request) -> web.Response:
-    ops = request.app[keys.NODE].operations
+    ops = keys.node_of(request.app).operations
     return json_response({"operations": [op.to_json() for op in ops.all.values() if op.kind == "repair"]})
 
 
 @admin_routes.get("/admin/v1/repair/{op_id}")
 async def get_repair(request: web.Request) -> web.Response:
-    op = request.app[keys.NODE].operations.get(request.match_info["op_id"])
+    op = keys.node_of(request.app).operations.get(request.match_info["op_id"])
     if op is None or op.kind != "repair":
         return error_response(404, "not_found", "no such repair operation", id=request.match_info["op_id"])
     return json_response(op.to_json())
@@ -194,7 +194,7 @@ def _start_once(node: Any, kind: str, params: dict[str, Any], check: Callable[[]
 async def start_decommission(request: web.Request) -> web.Response:
     """Hand this node's ranges to their new owners and leave the ring (202 with the operation; a decommission
     already running is returned as it is, 200)."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     return _start_once(node, "decommission", {}, lambda: decommission.check(node),
                        lambda op: decommission.run(node, op))
 
@@ -202,7 +202,7 @@ async def start_decommission(request: web.Request) -> web.Response:
 @admin_routes.post("/admin/v1/drain")
 async def start_drain(request: web.Request) -> web.Response:
     """Stop taking client requests, finish those in flight and flush, before a planned stop (202)."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     done = [op for op in node.operations.all.values() if op.kind == "drain" and op.state == DONE]
     if done and node.mode == "drained":
         return json_response(done[-1].to_json())
@@ -211,13 +211,13 @@ async def start_drain(request: web.Request) -> web.Response:
 
 @admin_routes.get("/admin/v1/operations")
 async def list_operations(request: web.Request) -> web.Response:
-    ops = request.app[keys.NODE].operations
+    ops = keys.node_of(request.app).operations
     return json_response({"operations": [op.to_json() for op in ops.all.values()]})
 
 
 @admin_routes.get("/admin/v1/operations/{op_id}")
 async def get_operation(request: web.Request) -> web.Response:
-    op = request.app[keys.NODE].operations.get(request.match_info["op_id"])
+    op = keys.node_of(request.app).operations.get(request.match_info["op_id"])
     if op is None:
         return error_response(404, "not_found", "no such operation", id=request.match_info["op_id"])
     return json_response(op.to_json())
@@ -227,7 +227,7 @@ async def get_operation(request: web.Request) -> web.Response:
 async def start_removenode(request: web.Request) -> web.Response:
     """Re-replicate a dead node's ranges from the other replicas and take it out of the ring (202 with the
     operation; `{"node": "<node id>"}`)."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     target = validation.parse_node_request(await request.read())
     return _start_once(node, "removenode", {"node": target}, lambda: removenode.check(node, target),
                        lambda op: removenode.run(node, target, op))
@@ -236,5 +236,5 @@ async def start_removenode(request: web.Request) -> web.Response:
 @admin_routes.post("/admin/v1/cleanup")
 async def start_cleanup(request: web.Request) -> web.Response:
     """Drop the records this node no longer replicates (202 with the operation)."""
-    node = request.app[keys.NODE]
+    node = keys.node_of(request.app)
     return _start_once(node, "cleanup", {}, lambda: cleanup.check(node), lambda op: cleanup.run(node, op))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -23,33 +24,68 @@ from ringkv.storage.wal import Durability
 log = logging.getLogger("ringkv.node")
 
 
-async def _storage(app: web.Application) -> AsyncIterator[None]:
-    """Open the engine before serving; on shutdown flush, fsync and close it."""
+async def _open(app: web.Application) -> None:
+    """Replay storage, then start the cluster node (hints, identity, gossip, join); the listener already
+    serves /health and /metrics meanwhile. Each part appears in the node state once open."""
     config = app[keys.CONFIG]
     metrics = app[keys.METRICS]
+    state = app[keys.STATE]
     options = EngineOptions(
         durability=Durability(config.durability),
         memtable_bytes=int(config.memtable_mb * 1024 * 1024),
         on_fsync=metrics.fsync.observe,
     )
-    engine = await AsyncEngine.open(config.data_dir, options)
+    started = time.monotonic()
+    replay = asyncio.ensure_future(AsyncEngine.open(config.data_dir, options))
+    try:
+        engine = await asyncio.shield(replay)
+    except asyncio.CancelledError:  # the replay's thread cannot be interrupted: let it end, so it is closed
+        state.engine = await replay
+        raise
+    state.engine = engine
     metrics.storage.engine = engine.engine
-    app[keys.ENGINE] = engine
-    log.info("storage open at %s (durability %s, %d SSTables)", config.data_dir, config.durability,
-             engine.engine.table_count)
+    log.info("storage open at %s in %.2fs (durability %s, %d SSTables)", config.data_dir,
+             time.monotonic() - started, config.durability, engine.engine.table_count)
+    state.phase = keys.STARTING_NODE
     node = ClusterNode(config, engine, on_transition=metrics.transition, on_refused=metrics.refused,
                        tls=app[keys.SECURITY].tls)
     try:
         await node.start()
-        app[keys.NODE] = node
-        metrics.cluster.node = node
-        app[keys.STATE].storage_open = True
+    except BaseException:
+        with contextlib.suppress(Exception):  # a start cut short (SIGTERM, an error): undo what it began
+            await node.stop()
+        raise
+    state.node = node
+    if state.http_port:
+        node.set_http_port(state.http_port)
+    metrics.cluster.node = node
+    state.storage_open = True
+    state.phase = keys.SERVING
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    """Open storage and the node in the background (`state.opening`, awaited by the server); on shutdown
+    stop the node, flush, fsync and close the engine — or cut a start short, waiting for a replay in progress
+    to end (its thread cannot be interrupted) before closing what it opened."""
+    state = app[keys.STATE]
+    state.opening = asyncio.create_task(_open(app), name="ringkv-open")
+    try:
         yield
     finally:
-        app[keys.STATE].storage_open = False
-        await node.stop()
-        await engine.close(flush=True)
-        await node.finish()  # the stop was clean: the next start keeps this incarnation
+        state.storage_open = False
+        opening = state.opening
+        if not opening.done():
+            log.info("stopping during start-up (%s)", state.phase)
+            opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was reported by the server
+            await opening
+        node, engine = state.node, state.engine
+        if node is not None:
+            await node.stop()
+        if engine is not None:
+            await engine.close(flush=True)
+        if node is not None:
+            await node.finish()  # the stop was clean: the next start keeps this incarnation
         log.info("storage flushed and closed")
 
 

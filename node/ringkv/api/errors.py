@@ -67,8 +67,13 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
                         headers=headers)
 
 
+ERROR_CODE = web.ResponseKey("error_code", str)  # an error response carries its code here too (for the metrics)
+
+
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": code, "message": message, **extra}, status)
+    response = json_response({"error": code, "message": message, **extra}, status)
+    response[ERROR_CODE] = code
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

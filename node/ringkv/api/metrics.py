@@ -7,6 +7,8 @@ only bumps plain integers.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -16,8 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ringkv import __version__
 from ringkv.api.auth import Security
-from ringkv.api.errors import Handler
+from ringkv.api.errors import ERROR_CODE, Handler
 from ringkv.cluster import topology
 from ringkv.net.node import ClusterNode
 from ringkv.storage.engine import Engine
@@ -28,7 +31,7 @@ KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "P
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 EXCHANGE_RESULTS = ("in_sync", "repaired", "failed", "unavailable", "skipped")  # AntiEntropy's results
 # always exposed (0 when none runs), so the series never vanishes
-OPERATION_KINDS = ("repair", "decommission", "removenode", "cleanup")
+OPERATION_KINDS = ("repair", "decommission", "removenode", "cleanup", "drain")
 
 
 class StorageCollector(Collector):
@@ -67,13 +70,19 @@ class ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        if node is None:
+        if node is None:  # storage replaying, the node starting: not ready, mode starting
+            yield GaugeMetricFamily("ringkv_node_ready", "1 once the node has heard the ring and takes traffic", 0)
+            mode = GaugeMetricFamily("ringkv_node_mode", "1 for the node's current mode", labels=["mode"])
+            for name in NODE_MODES:
+                mode.add_metric([name], 1 if name == "starting" else 0)
+            yield mode
             return
         members = GaugeMetricFamily("ringkv_cluster_members", "Known cluster members by liveness", labels=["state"])
         up = sum(1 for n in node.membership.members if node.gossiper.is_up(n))
         members.add_metric(["up"], up)
         members.add_metric(["down"], len(node.membership.members) - up)
         yield members
+        yield from _members(node)
         yield CounterMetricFamily("ringkv_gossip_rounds", "Gossip rounds run", node.gossiper.rounds)
         c = node.coordinator.stats
         yield CounterMetricFamily("ringkv_coordinator_forwarded_writes", "Writes forwarded to the key's coordinator",
@@ -115,15 +124,91 @@ class ClusterCollector(Collector):
         ready = GaugeMetricFamily("ringkv_node_ready", "1 once the node has heard the ring and takes traffic")
         ready.add_metric([], 1 if node.ready else 0)
         yield ready
-        running = GaugeMetricFamily("ringkv_operations_running", "Admin operations (repair...) running, by kind",
-                                    labels=["kind"])
-        kinds = dict.fromkeys(OPERATION_KINDS, 0)
-        for op in node.operations.running():
-            kinds[op.kind] = kinds.get(op.kind, 0) + 1
-        for kind, count in sorted(kinds.items()):
-            running.add_metric([kind], count)
-        yield running
+        yield from _operations(node)
+        yield from _disk(node.config.data_dir)
         yield from _topology(node)
+
+
+PHI_CAP = 1000.0  # phi grows without bound (inf) for a silent peer; a dashboard wants a finite number
+
+
+def _members(node: ClusterNode) -> Iterator[Metric]:
+    """Per member, as this node sees it: up (1) or down (0) with its rack and datacenter, and the failure
+    detector's phi. Members that have left the cluster are not shown; labels stay bounded by cluster size."""
+    # `node_rack`, `member_rack`... rather than `rack`: the scrape config puts a `rack` label on the target (the
+    # pod's), and a scraped label of the same name would be renamed `exported_rack`.
+    info = GaugeMetricFamily("ringkv_node_info", "1, labelled with this node's identity, placement and version",
+                             labels=["node", "node_rack", "node_datacenter", "version"])
+    info.add_metric([node.node_id, node.config.rack, node.config.datacenter, __version__], 1)
+    yield info
+    member_up = GaugeMetricFamily("ringkv_cluster_member_up", "1 while this node judges the member up, else 0",
+                                  labels=["member", "member_rack", "member_datacenter", "member_status"])
+    phi = GaugeMetricFamily("ringkv_gossip_phi", "The phi accrual failure detector's suspicion of each peer "
+                            f"(capped at {PHI_CAP:g})", labels=["member"])
+    for member_id, state in sorted(node.membership.members.items()):
+        if state.status.value == "left":
+            continue
+        member_up.add_metric([member_id, state.rack, state.datacenter, state.status.value],
+                             1 if node.gossiper.is_up(member_id) else 0)
+        if member_id != node.node_id:
+            value = node.gossiper.phi(member_id)
+            phi.add_metric([member_id], PHI_CAP if math.isinf(value) or value > PHI_CAP else value)
+    yield member_up
+    yield phi
+
+
+def _operations(node: ClusterNode) -> Iterator[Metric]:
+    """The oldest running operation of each kind: its age and, where it counts ranges, the share done."""
+    running = GaugeMetricFamily("ringkv_operations_running", "Admin operations (repair...) running, by kind",
+                                labels=["kind"])
+    age = GaugeMetricFamily("ringkv_operation_age_seconds",
+                            "Seconds the oldest running operation of a kind has run (0: none runs)", labels=["kind"])
+    progress = GaugeMetricFamily("ringkv_operation_progress_ratio",
+                                 "Ranges done / ranges to do of the oldest running operation of a kind (0..1; "
+                                 "0 when none runs)", labels=["kind"])
+    counts: dict[str, int] = dict.fromkeys(OPERATION_KINDS, 0)
+    oldest: dict[str, tuple[float, float]] = {}
+    now_ms = time.time_ns() // 1_000_000
+    for op in node.operations.running():
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+        seconds = max(0.0, (now_ms - op.started_ms) / 1000)
+        total, done = op.progress.get("ranges_total", 0), op.progress.get("ranges_done", 0)
+        ratio = min(1.0, done / total) if isinstance(total, int | float) and total > 0 and \
+            isinstance(done, int | float) else 0.0
+        if seconds >= oldest.get(op.kind, (-1.0, 0.0))[0]:
+            oldest[op.kind] = (seconds, ratio)
+    for kind, count in sorted(counts.items()):
+        running.add_metric([kind], count)
+        seconds, ratio = oldest.get(kind, (0.0, 0.0))
+        age.add_metric([kind], seconds)
+        progress.add_metric([kind], ratio)
+    yield running
+    yield age
+    yield progress
+    streaming = GaugeMetricFamily("ringkv_streaming_ranges_by_state",
+                                  "Ranges of the last join or removal this node streamed in, by state",
+                                  labels=["state"])
+    states = dict.fromkeys(STREAM_STATES, 0)
+    for p in node.join_progress:
+        states[p.state] = states.get(p.state, 0) + 1
+    for state, count in states.items():
+        streaming.add_metric([state], count)
+    yield streaming
+
+
+STREAM_STATES = ("pending", "streaming", "verifying", "done", "failed")  # streaming.RangeProgress.state
+
+
+def _disk(path: str) -> Iterator[Metric]:
+    """Free and total bytes of the file system holding the data directory (one statvfs per scrape)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return
+    yield GaugeMetricFamily("ringkv_storage_disk_free_bytes", "Bytes available to the node on the data "
+                            "directory's file system", st.f_bavail * st.f_frsize)
+    yield GaugeMetricFamily("ringkv_storage_disk_capacity_bytes", "Size of the data directory's file system",
+                            st.f_blocks * st.f_frsize)
 
 
 NODE_MODES = ("starting", "joining", "normal", "leaving", "left", "drained", "stopping")
@@ -277,6 +362,8 @@ class NodeMetrics:
                                    ["reason"], registry=self.registry)
         self.requests = Counter("ringkv_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
+        self.errors = Counter("ringkv_http_errors", "HTTP error answers by their stable `error` code",
+                              ["code"], registry=self.registry)
         self.latency = Histogram("ringkv_http_request_duration_seconds", "HTTP request latency",
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.siblings = Histogram("ringkv_read_siblings", "Versions returned by a read (1 = no conflict)",
@@ -298,7 +385,7 @@ class NodeMetrics:
         self.refusals.labels(reason).inc()
 
     def middleware(self) -> Middleware:
-        requests, latency = self.requests, self.latency
+        requests, latency, errors = self.requests, self.latency, self.errors
 
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -307,9 +394,13 @@ class NodeMetrics:
             try:
                 response = await handler(request)
                 status = response.status
+                if status >= 400:
+                    errors.labels(response.get(ERROR_CODE, "other")).inc()
                 return response
             except web.HTTPException as e:
                 status = e.status
+                if status >= 400:
+                    errors.labels("other").inc()
                 raise
             finally:
                 resource = request.match_info.route.resource

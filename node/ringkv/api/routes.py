@@ -59,7 +59,7 @@ def _read_answer(key: str, record: Record, request: web.Request) -> web.Response
 async def get_value(request: web.Request) -> web.Response:
     key, key_bytes = validation.parse_key_query(request.query)
     r = validation.parse_quorum(request.query, "r")
-    record = await request.app[keys.NODE].coordinator.get(key_bytes, r)
+    record = await keys.node_of(request.app).coordinator.get(key_bytes, r)
     return _read_answer(key, record, request)
 
 
@@ -67,7 +67,7 @@ async def get_value(request: web.Request) -> web.Response:
 async def put(request: web.Request) -> web.Response:
     req = validation.parse_put(await _json_body(request))
     w = validation.parse_quorum(request.query, "w")
-    record = await request.app[keys.NODE].coordinator.put(req.key_bytes, req.value_json, req.context, w)
+    record = await keys.node_of(request.app).coordinator.put(req.key_bytes, req.value_json, req.context, w)
     return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
 
 
@@ -75,23 +75,32 @@ async def put(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     req = validation.parse_delete(await _json_body(request))
     w = validation.parse_quorum(request.query, "w")
-    record = await request.app[keys.NODE].coordinator.put(req.key_bytes, None, req.context, w)
+    record = await keys.node_of(request.app).coordinator.put(req.key_bytes, None, req.context, w)
     return json_response({"key": req.key, "context": versions.encode_context(versions.read_context(record))})
 
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    """Liveness: the process serves HTTP. Answers from the moment the listener is up, through the storage
+    replay and the start of the node (`phase` says which), so that a long replay is not taken for a hang."""
+    state = request.app[keys.STATE]
+    return json_response({"status": "ok", "node_id": state.node_id, "phase": state.phase})
 
 
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
-    if state.storage_open and request.app[keys.NODE].mode == "left":
+    node = state.node if state.storage_open else None
+    if node is not None and node.mode == "left":
         return error_response(503, "not_ready", "this node has decommissioned and left the ring; wipe its data "
                               "directory to start it as a new member")
-    if state.stopping or not state.storage_open or not request.app[keys.NODE].ready:
-        return error_response(503, "not_ready", "shutting down" if state.stopping else "storage not open")
+    if state.stopping:
+        return error_response(503, "not_ready", "shutting down")
+    if node is None:
+        return error_response(503, "not_ready", f"starting: {state.phase}", phase=state.phase)
+    if not node.ready:
+        return error_response(503, "not_ready", "not serving: waiting for the ring" if node.mode == "starting"
+                              else f"not serving ({node.mode})", phase=state.phase)
     return json_response({"status": "ready", "node_id": state.node_id})
 
 
