@@ -34,6 +34,7 @@ class NodeConfig:
     log_format: str = "text"  # text | json
     log_level: str = "info"
     shutdown_timeout_s: float = 10.0
+    drain_delay_s: float = 0.0
     # cluster
     cluster_name: str = "ringkv"
     peer_port: int = 0  # 0: any free port (fine for a lone node; set it for a cluster)
@@ -119,8 +120,8 @@ class NodeConfig:
             raise ValueError("aae_interval_s, aae_ranges_per_s and aae_max_keys must be positive")
         if not 16 <= self.aae_tree_leaves <= 2**20:
             raise ValueError("aae_tree_leaves must be between 16 and 1048576")
-        if self.tombstone_grace_s < 0 or self.aae_mb_s < 0:
-            raise ValueError("tombstone_grace_s and aae_mb_s may not be negative")
+        if self.tombstone_grace_s < 0 or self.aae_mb_s < 0 or self.drain_delay_s < 0:
+            raise ValueError("tombstone_grace_s, aae_mb_s and drain_delay_s may not be negative")
         if self.insecure and (self.http_tls or self.metrics_auth):
             raise ValueError("http_tls and metrics_auth need security: drop --insecure and give --certs-dir")
         if self.security_reload_s <= 0:
@@ -157,6 +158,9 @@ _HELP = {
     "log_format": "text or json",
     "log_level": "debug, info, warning, error",
     "shutdown_timeout_s": "how long in-flight requests may take to finish after SIGTERM",
+    "drain_delay_s": "after SIGTERM: seconds to keep serving while announced as stopping and not ready (peers "
+                     "route around the node at once; load balancers and Service endpoints take it out), before "
+                     "the listener closes (Kubernetes: a few seconds; 0: close at once)",
     "cluster_name": "nodes only talk to nodes of the same cluster name",
     "peer_port": "internode TCP port (0: any free port)",
     "advertise_host": "address peers and clients use to reach this node (default: host)",

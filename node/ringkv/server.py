@@ -1,12 +1,22 @@
 """`ringkv node`: run one node until SIGTERM/SIGINT, then shut down cleanly.
 
-Shutdown: stop accepting connections, let in-flight requests finish (up to `shutdown_timeout_s`), flush
-the memtable, fsync and close the storage engine, exit 0.
+Start-up: the HTTP listener first (`/health` and `/metrics` answer at once), then storage replay and the
+node's start in the background (`/ready` and the API answer 503 `not_ready` meanwhile); the ready line is
+printed once the node serves.
+
+Shutdown (a drain, as Cassandra's `nodetool drain` + shutdown announcement):
+1. `/ready` answers 503 and the node announces it is stopping to every live peer by gossip: they judge it
+   down on receipt and coordinate around it (requests, hints) instead of timing out on it;
+2. it keeps serving for `drain_delay_s` (Kubernetes removes it from the Service endpoints meanwhile; clients
+   still on their old connections are answered); a second signal skips the rest of the delay;
+3. it stops accepting connections, lets in-flight requests finish (up to `shutdown_timeout_s`), keeps what
+   it still owed other replicas as hints, flushes the memtable, fsyncs and closes the storage engine, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -35,8 +45,17 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print,
                                   keepalive_timeout=config.http_keepalive_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals = [0]
+
+    def on_signal() -> None:
+        signals[0] += 1
+        stop.set()
+        if signals[0] > 1:
+            hurry.set()
+
+    hurry = asyncio.Event()  # a second signal: skip the rest of the drain delay
     for sig in (signal.SIGTERM, signal.SIGINT):  # first: a SIGTERM during a long replay is graceful too
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await runner.setup()  # starts opening storage and the node in the background (cleanup_ctx)
     state = app[keys.STATE]
     https = security.http_tls and security.tls is not None
@@ -69,10 +88,26 @@ async def serve(config: NodeConfig, ready: Callable[[str], None] = print,
         ready(f"ringkv node {node_id} ready on {url}")
         await stop.wait()
     log.info("node %s stopping", node_id)
-    state.stopping = True
+    state.stopping = True  # /ready: 503
+    await _drain(state, config.drain_delay_s, hurry)
     await runner.cleanup()  # stop listening, drain in-flight requests, close storage
     log.info("node %s stopped", node_id)
     return 0
+
+
+async def _drain(state: keys.NodeState, delay_s: float, hurry: asyncio.Event) -> None:
+    """Announce the shutdown to the peers, then keep serving `delay_s` (unless hurried)."""
+    node = state.node if state.storage_open else None
+    if node is None:
+        return  # never served: nobody routes to us
+    try:
+        await node.gossiper.announce_shutdown(timeout_s=1.0)
+    except Exception:  # never let the announcement stand in the way of the stop
+        log.exception("announcing the shutdown failed")
+    if delay_s > 0:
+        log.info("draining: still serving for %.1fs while load balancers take the node out", delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), delay_s)
 
 
 def run(config: NodeConfig) -> int:

@@ -57,6 +57,7 @@ class MemberState:
     ring: str = ""  # the digest of the ring this member places keys on ("" unknown): agreement is visible
     replaces: str = ""  # joining to take over this dead member's tokens (replace), else ""
     by: str = ""  # the live member that announced this state on behalf of a dead one (`speak_for`), else ""
+    stopping: bool = False  # the member announced its shutdown (SIGTERM): judge it down now, not after phi
 
     @property
     def freshness(self) -> tuple[int, int]:
@@ -67,7 +68,7 @@ class MemberState:
             "id": self.node_id, "gen": self.generation, "ver": self.version, "status": self.status.value,
             "host": self.host, "http": self.http_port, "peer": self.peer_port, "tokens": list(self.tokens),
             "dc": self.datacenter, "rack": self.rack, "cap": self.capacity, "ring": self.ring,
-            "replaces": self.replaces, "by": self.by,
+            "replaces": self.replaces, "by": self.by, "stop": self.stopping,
         }
 
     @classmethod
@@ -85,6 +86,7 @@ class MemberState:
                 ring=_text(doc, "ring", optional=True)[:80],  # absent from a sender that predates it
                 replaces=_text(doc, "replaces", optional=True),
                 by=_text(doc, "by", optional=True),  # absent from a sender that predates it
+                stopping=_flag(doc, "stop"),  # absent from a sender that predates it
             )
         except KeyError as e:
             raise ValueError(f"malformed member state: {e.args[0]} missing") from None
@@ -99,6 +101,13 @@ def _text(doc: Mapping[str, Any], name: str, optional: bool = False) -> str:
     value = (doc.get(name) or "") if optional else doc[name]
     if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"{name} must be a string of at most {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _flag(doc: Mapping[str, Any], name: str) -> bool:
+    value = doc.get(name, False)
+    if type(value) is not bool:
+        raise ValueError(f"{name} must be a boolean")
     return value
 
 

@@ -12,6 +12,8 @@ A node never gossips with itself: seeds naming its own address are dropped by th
 transport refuses a connection from a node with its own id. `heard` is set once a peer's state map has
 been absorbed (the start-up waits for it before taking traffic); `down_for` says how long a peer has been
 judged down without a break (hinted handoff drops hints only for targets down longer than its window).
+A node that stops gracefully announces it (`announce_shutdown`: its state with `stopping`, pushed to every
+live peer at once): peers judge it down on receipt, until a new generation (its restart) says otherwise.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Gossiper:
         self.announce = True  # (and while False, every round asks every seed)
         self.answered: set[tuple[str, int]] = set()  # addresses that have answered an exchange
         self.last_errors: dict[tuple[str, int], str] = {}  # address -> why its last exchange failed
-        self._exchanges: set[asyncio.Task[None]] = set()
+        self._exchanges: set[asyncio.Task[bool]] = set()
         self.rounds = 0
 
     # -- liveness -------------------------------------------------------------------------------------
@@ -93,15 +95,16 @@ class Gossiper:
         for node in self.membership.members:
             if node == self.membership.local_id or not self.detector.is_monitoring(node):
                 continue
-            up = self.detector.is_available(node, now, self.phi_threshold)
+            stopping = self.membership.members[node].stopping
+            up = not stopping and self.detector.is_available(node, now, self.phi_threshold)
             if self._up.get(node) != up:
                 self._up[node] = up
                 if up:
                     self._down_since.pop(node, None)
                 else:
                     self._down_since[node] = now
-                log.warning("node %s is now %s (phi %.1f)", node, "UP" if up else "DOWN",
-                            self.detector.phi(node, now))
+                log.warning("node %s is now %s (%s)", node, "UP" if up else "DOWN",
+                            "it announced its shutdown" if stopping else f"phi {self.detector.phi(node, now):.1f}")
                 self._on_transition(node, up)
 
     # -- exchanging state -----------------------------------------------------------------------------
@@ -141,17 +144,19 @@ class Gossiper:
             raise RequestError("bad_request", str(e)) from None
         return self.membership.to_wire(self.announce)
 
-    async def _exchange(self, client: PeerClient) -> None:
+    async def _exchange(self, client: PeerClient) -> bool:
         try:
             reply = await client.call("gossip", self.membership.to_wire(self.announce),
                                       timeout_s=max(1.0, self.interval_s))
             self.absorb(reply)
             self.answered.add((client.host, client.port))
             self.last_errors.pop((client.host, client.port), None)
+            return True
         except (TransportError, RemoteError, ValueError) as e:
             log.debug("gossip with %s:%s failed: %s", client.host, client.port, e)
             if len(self.last_errors) < 256:
                 self.last_errors[(client.host, client.port)] = str(e)[:300]
+            return False
 
     def _targets(self) -> list[PeerClient]:
         local = self.membership.local_id
@@ -182,6 +187,24 @@ class Gossiper:
         while True:
             await self.round()
             await asyncio.sleep(self.interval_s * self._rng.uniform(0.9, 1.1))
+
+    async def announce_shutdown(self, timeout_s: float = 1.0) -> int:
+        """Tell every peer we believe up, at once, that we are stopping (our state with `stopping`): they judge
+        us down on receipt instead of after phi rises, and route requests and hints elsewhere. Returns how many
+        peers took it within `timeout_s`; the rest hear it from them by gossip, or notice by phi."""
+        self.membership.update_local(stopping=True)
+        local = self.membership.local_id
+        targets = [self.peers.get(n, s.host, s.peer_port) for n, s in self.membership.members.items()
+                   if n != local and self.is_up(n)]
+        if not targets:
+            return 0
+        done, pending = await asyncio.wait([asyncio.ensure_future(self._exchange(c)) for c in targets],
+                                           timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        took = sum(1 for task in done if task.result())
+        log.info("announced shutdown to %d of %d peers", took, len(targets))
+        return took
 
     async def stop(self) -> None:
         for task in list(self._exchanges):

@@ -172,7 +172,7 @@ def test_membership_to_wire_lists_every_member() -> None:
 
 def _malformed() -> list[tuple[str, Any]]:
     good = _full_state().to_wire()
-    optional = {"ring", "replaces", "by"}  # absent from a sender that predates them
+    optional = {"ring", "replaces", "by", "stop"}  # absent from a sender that predates them
     cases: list[tuple[str, Any]] = [(f"missing {key}", {k: v for k, v in good.items() if k != key})
                                     for key in good if key not in optional]
     for name, key, value in [
@@ -182,7 +182,7 @@ def _malformed() -> list[tuple[str, Any]]:
         ("token above the ring", "tokens", [2**63]), ("token below the ring", "tokens", [-(2**63) - 1]),
         ("empty id", "id", ""), ("zero capacity", "cap", 0.0), ("negative capacity", "cap", -1.0),
         ("nan capacity", "cap", float("nan")), ("infinite capacity", "cap", float("inf")),
-        ("capacity not a number", "cap", "big"),
+        ("capacity not a number", "cap", "big"), ("stop not a boolean", "stop", 1),
     ]:
         cases.append((name, {**good, key: value}))
     cases += [("a list", [good]), ("none", None), ("a string", "state")]
@@ -193,6 +193,12 @@ def _malformed() -> list[tuple[str, Any]]:
 def test_from_wire_rejects_malformed_states(doc: Any) -> None:
     with pytest.raises(ValueError, match="malformed member state"):
         MemberState.from_wire(doc)
+
+
+def test_a_state_without_the_shutdown_flag_is_not_stopping() -> None:
+    doc = {k: v for k, v in state(A, 1, 1).to_wire().items() if k != "stop"}
+    assert MemberState.from_wire(doc).stopping is False
+    assert MemberState.from_wire({**doc, "stop": True}).stopping is True
 
 
 def test_a_state_without_a_ring_view_is_accepted_as_unknown() -> None:

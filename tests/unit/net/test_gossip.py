@@ -247,6 +247,33 @@ def test_a_new_generation_starts_a_fresh_heartbeat_history() -> None:
         assert gossiper.detector.phi(B, last + silence) == fresh.phi(B, last + silence)
 
 
+def test_a_member_that_announces_its_shutdown_is_down_at_once_until_its_next_generation() -> None:
+    gossiper = _lone()
+    gossiper.absorb([_doc("b", 1, 1)])
+    assert gossiper.is_up(B)
+    gossiper.absorb([_doc("b", 1, 2, stop=True)])  # its heartbeats are fresh: only the announcement says down
+    assert not gossiper.is_up(B) and gossiper.down_for(B) >= 0
+    gossiper.absorb([_doc("b", 1, 3, stop=True)])  # still draining, still beating: still down
+    gossiper._judge()
+    assert not gossiper.is_up(B)
+    gossiper.absorb([_doc("b", 2, 0)])  # restarted
+    assert gossiper.is_up(B)
+
+
+@pytest.mark.parametrize("flag", [1, "yes", None, [True]])
+def test_a_shutdown_flag_that_is_not_a_boolean_is_refused(flag: Any) -> None:
+    gossiper = _lone()
+    with pytest.raises(ValueError, match="stop must be a boolean"):
+        gossiper.absorb([_doc("b", 1, 1, stop=flag)])
+
+
+def test_announce_shutdown_marks_our_own_state_and_reaches_nobody_when_alone() -> None:
+    gossiper = _lone()
+    assert asyncio.run(gossiper.announce_shutdown(timeout_s=0.1)) == 0
+    assert gossiper.membership.local.stopping
+    assert gossiper.membership.to_wire(True)[0]["stop"] is True
+
+
 def test_a_state_announced_on_a_dead_nodes_behalf_is_no_heartbeat_of_it() -> None:
     """removenode announces the dead node `leaving` (then `left`) with a newer version, naming itself in `by`:
     the others take the state but must not judge the dead node alive because of it."""
