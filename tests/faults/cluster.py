@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_SRC = REPO / "node"
 HTTP_PORT = 8080
 PEER_PORT = 7070
+DRAIN_DELAY_S = 1.0  # a graceful stop (the nemesis' `stop`) serves this long after announcing it
 GOSSIP_INTERVAL_S = 0.5
 REPLICATION = 3
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -127,6 +128,7 @@ class NetCluster:
             *(["--tokens=" + ",".join(map(str, node.tokens))] if node.tokens else []),
             "--replication-factor", str(REPLICATION),
             "--durability", "sync", "--gossip-interval-s", str(GOSSIP_INTERVAL_S), "--data-dir", str(node.data_dir),
+            "--drain-delay-s", str(DRAIN_DELAY_S),
             *self._security_args(node),
             *self.extra_args,
         ])
@@ -180,6 +182,27 @@ class NetCluster:
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.process.wait(timeout=10.0)
         node.paused = False
+
+    def terminate(self, node: NetNode, timeout_s: float = 30.0) -> str:
+        """SIGTERM: a graceful stop (the node drains: announces its shutdown, serves `--drain-delay-s` more,
+        finishes in-flight requests, keeps owed replication as hints, flushes). Waits for the exit; a node that
+        does not stop in `timeout_s` is SIGKILLed. Returns what happened (an exit code other than 0 says so)."""
+        if node.process is None or not node.running():
+            return "not running"
+        node.killed = True  # asked for: not an unexpected exit
+        started = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(signal.SIGTERM)
+        try:
+            code = node.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9(node)
+            return f"did NOT stop within {timeout_s:.0f}s of SIGTERM: killed"
+        took = time.monotonic() - started
+        if code != 0:  # a graceful stop that fails is a finding
+            node.unexpected_exits.append(f"code {code} after SIGTERM (start {node.starts})")
+            return f"stopped with exit code {code} (NOT 0) in {took:.2f}s"
+        return f"stopped in {took:.2f}s"
 
     def pause(self, node: NetNode) -> None:
         if node.running():

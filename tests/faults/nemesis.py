@@ -1,7 +1,7 @@
 """The seeded nemesis: a schedule of faults (pure, from `random.Random(seed)`), and its execution on a
 `NetCluster` while `ringkv check` runs.
 
-Kinds, cycled (each cycle of four in a seeded order):
+Kinds, cycled (each cycle of five in a seeded order):
 
 - `partition`: the nodes split into two random halves (2 | 3 of 5). Inside every namespace, iptables drops
   traffic from and to each node of the other half (`iptables -A INPUT -s PEER -j DROP`, `-A OUTPUT -d PEER`);
@@ -10,6 +10,8 @@ Kinds, cycled (each cycle of four in a seeded order):
   namespace (10.77.X.254), still reach it.
 - `kill`: kill -9 one node; at the end of the event restart it on the same data and wait until it is ready.
 - `pause`: SIGSTOP one node; SIGCONT at the end.
+- `stop`: SIGTERM one node, a graceful stop (it announces its shutdown by gossip and drains for
+  `--drain-delay-s`); it must exit 0; at the end of the event restart it on the same data.
 - `churn` (only with `kinds=WITH_CHURN`, `bench/faults.py --churn`): decommission one node (it streams its
   ranges to their new owners and exits), then wipe it and start it again as a new member: it waits its turn,
   takes new tokens and streams before it is ready. Writes meanwhile go to pending replicas too; the checker
@@ -43,9 +45,9 @@ from typing import Any
 from tests.faults import netns
 from tests.faults.cluster import NetCluster, NetNode
 
-KINDS = ("partition", "isolate", "kill", "pause")
+KINDS = ("partition", "isolate", "kill", "pause", "stop")
 WITH_CHURN = (*KINDS, "churn")
-SINGLE_NODE = ("isolate", "pause", "kill", "churn")  # kinds with one sick node
+SINGLE_NODE = ("isolate", "pause", "kill", "stop", "churn")  # kinds with one sick node
 CHURN_S = 40.0  # planned for a churn event (decommission + rejoin with streaming, at 0.5 s gossip)
 CHURN_LEFT_TIMEOUT_S = 90.0
 CHURN_JOIN_TIMEOUT_S = 120.0
@@ -124,6 +126,7 @@ class Nemesis:
     until_s: float | None = None  # no event may still be on after this (the end of the workload)
     records: list[Record] = field(default_factory=list)
     rules: dict[int, list[list[str]]] = field(default_factory=dict)  # namespace index -> iptables rules added
+    stopped: str = ""  # how the last `stop` event's SIGTERM ended
 
     # -- the faults (blocking; run in a thread) ---------------------------------------------------------------
 
@@ -162,6 +165,8 @@ class Nemesis:
             self.cluster.kill9(nodes[event.nodes[0]])
         elif event.kind == "pause":
             self.cluster.pause(nodes[event.nodes[0]])
+        elif event.kind == "stop":
+            self.stopped = self.cluster.terminate(nodes[event.nodes[0]])
         elif event.kind == "churn":
             status = self.cluster.decommission(nodes[event.nodes[0]])
             if status != 202:
@@ -176,6 +181,8 @@ class Nemesis:
             return "healed"
         if event.kind == "kill":
             return self._restart(node)
+        if event.kind == "stop":
+            return f"{self.stopped}; {self._restart(node)}"
         if event.kind == "pause":
             self.cluster.resume(node)
             return "resumed"
