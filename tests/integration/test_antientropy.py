@@ -375,7 +375,8 @@ def test_a_node_that_lost_one_of_two_sstables_is_refilled(tmp_path: Path) -> Non
 # -- (c) a delete one replica missed --------------------------------------------------------------------------
 
 GRACE_S = 3.0
-AAE_C = ["--aae-interval-s", "5", "--tombstone-grace-s", str(GRACE_S)]
+# Every pair exchanges every ~2 s: the two rounds of exchanges awaited after the reap take ~2 s each, not ~5 s.
+AAE_C = ["--aae-interval-s", "2", "--tombstone-grace-s", str(GRACE_S)]
 KEY = "deleted-key"
 
 

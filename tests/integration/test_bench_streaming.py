@@ -1,8 +1,8 @@
-"""`bench/streaming.py` end to end in a tiny configuration (5 MiB: 5,120 keys of 1 KB, 5 s baseline windows, 100
-requests/s; about a minute), so that it cannot rot: it loads its own 3-node cluster, joins a 4th node twice (stream
-throttle off, then on) on fresh copies of it under a paced client load, stops every node and writes its JSON,
-whose fields are checked here (the figures themselves are not: only that they are there, consistent and
-plausible).
+"""`bench/streaming.py` end to end in a tiny configuration (2 MiB: 2,048 keys of 1 KB, 1 s warm-up and 3 s baseline
+windows, 100 requests/s, gossip every 0.25 s; about 40 s), so that it cannot rot: it loads its own 3-node cluster,
+joins a 4th node twice (stream throttle off, then on) on fresh copies of it under a paced client load, stops every
+node and writes its JSON, whose fields are checked here (the figures themselves are not: only that they are there,
+consistent and plausible).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-MB, VALUE_SIZE, RATE, BASELINE_S, THROTTLE = 5, 1024, 100, 5, 16
+MB, VALUE_SIZE, RATE, BASELINE_S, THROTTLE = 2, 1024, 100, 3, 16
+WARMUP_S, GOSSIP_S = 1, 0.25  # the bench's defaults (3 s, 1 s) only make the smoke run longer
 KEYS = MB * 2**20 // VALUE_SIZE
 
 
@@ -39,7 +40,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     out = root / "streaming.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "streaming.py"), "--mb", str(MB), "--value-size", str(VALUE_SIZE),
-         "--rate", str(RATE), "--baseline-s", str(BASELINE_S), "--throttle-mb-s", str(THROTTLE), "--quiet",
+         "--rate", str(RATE), "--baseline-s", str(BASELINE_S), "--warmup-s", str(WARMUP_S),
+         "--gossip-interval-s", str(GOSSIP_S), "--throttle-mb-s", str(THROTTLE), "--quiet",
          "--dir", str(root), "--json", str(out)],
         capture_output=True, text=True, timeout=280, check=False, cwd=root)
     # every node the bench started had its data under `root`; none may be left running
@@ -57,6 +59,7 @@ def test_runs_and_stops_everything(bench: BenchRun) -> None:
     doc = bench.doc
     assert doc["bench"] == "streaming" and doc["command"].startswith(f"python bench/streaming.py --mb {MB}")
     assert doc["config"]["keys"] == KEYS and doc["config"]["rate"] == RATE
+    assert doc["config"]["warmup_s"] == WARMUP_S and doc["config"]["gossip_interval_s"] == GOSSIP_S
     assert set(doc["phase_seconds"]) == {"load", "unthrottled", "throttled"}
     assert doc["load"]["keys"] == KEYS and doc["load"]["puts_per_s"] > 0
     assert [t["stream_mb_s"] for t in doc["trials"]] == [0, THROTTLE]
