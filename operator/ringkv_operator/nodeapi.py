@@ -1,6 +1,7 @@
 """The operator as a client of the nodes' HTTP API (the only way it learns about the ring: it never imports the
 node's code): `GET /admin/v1/members` of one ready node for the status; every node's own `/admin/v1/node`,
-`/admin/v1/members` and operations for the scaling policy (`observe`); `POST /admin/v1/decommission`.
+`/admin/v1/members` and operations for the scaling policy, and with them `/admin/v1/hints` before a rollout rolls
+the next pod (`observe`); `POST /admin/v1/decommission`.
 Every call carries the cluster's admin token (`headers`, from its NAME-admin-token Secret) unless insecure.
 """
 
@@ -36,6 +37,12 @@ def node_urls(template: str, pods: Sequence[Mapping[str, Any]], service: str) ->
     return out
 
 
+def urls_by_pod(template: str, pods: Sequence[Mapping[str, Any]], service: str) -> dict[str, str]:
+    """The admin URLs of the pods, by pod name."""
+    return {str((p.get("metadata") or {}).get("name", "")): u
+            for p, u in zip(pods, node_urls(template, pods, service), strict=True)}
+
+
 async def members(session: aiohttp.ClientSession, urls: Sequence[str], timeout_s: float,
                   headers: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]] | None, str]:
     """The ring's members as the first answering node sees them, or (None, why not)."""
@@ -58,6 +65,20 @@ async def members(session: aiohttp.ClientSession, urls: Sequence[str], timeout_s
     return None, "; ".join(errors[:3]) or "no ready node to ask"
 
 
+async def ring_agreed(session: aiohttp.ClientSession, urls: Sequence[str], timeout_s: float,
+                      headers: Mapping[str, str] | None = None) -> bool | None:
+    """Whether every live member gossips the same view of the ring, as the first answering node sees it
+    (`/admin/v1/ring`'s `agreed`); None when no node answers."""
+    for url in urls:
+        try:
+            doc = await _get(session, url.rstrip("/") + "/admin/v1/ring", timeout_s, headers)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("agreed"), bool):
+            return bool(doc["agreed"])
+    return None
+
+
 async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float,
                headers: Mapping[str, str] | None = None) -> Any:
     async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
@@ -67,20 +88,24 @@ async def _get(session: aiohttp.ClientSession, url: str, timeout_s: float,
 
 
 async def node_view(session: aiohttp.ClientSession, pod: str, url: str, timeout_s: float,
-                    operations: bool = False, headers: Mapping[str, str] | None = None) -> NodeView:
-    """How the node describes itself; unreachable (or an answer that is not one) gives `reachable=False`."""
+                    operations: bool = False, headers: Mapping[str, str] | None = None,
+                    hints: bool = False) -> NodeView:
+    """How the node describes itself (with `hints`, also the hints it holds); unreachable (or an answer that
+    is not one) gives `reachable=False`."""
     base = url.rstrip("/")
     try:
-        calls = [_get(session, base + "/admin/v1/node", timeout_s, headers),
-                 _get(session, base + "/admin/v1/members", timeout_s, headers)]
+        calls = {"node": _get(session, base + "/admin/v1/node", timeout_s, headers),
+                 "members": _get(session, base + "/admin/v1/members", timeout_s, headers)}
         if operations:
-            calls.append(_get(session, base + "/admin/v1/operations", timeout_s, headers))
-        docs = await asyncio.gather(*calls)
-        node, members = docs[0], docs[1]
+            calls["operations"] = _get(session, base + "/admin/v1/operations", timeout_s, headers)
+        if hints:
+            calls["hints"] = _get(session, base + "/admin/v1/hints", timeout_s, headers)
+        docs = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+        node, members = docs["node"], docs["members"]
         listed = [m for m in members.get("members") or [] if isinstance(m, dict)]
         decommission = None
         if operations:
-            mine = [o for o in docs[2].get("operations") or [] if isinstance(o, dict)
+            mine = [o for o in docs["operations"].get("operations") or [] if isinstance(o, dict)
                     and o.get("kind") == "decommission"]
             decommission = max(mine, key=lambda o: int(o.get("started_ms") or 0)) if mine else None
         return NodeView(
@@ -88,17 +113,23 @@ async def node_view(session: aiohttp.ClientSession, pod: str, url: str, timeout_
             {str(m.get("node_id")): str(m.get("status")) for m in listed},
             frozenset(str(m.get("node_id")) for m in listed if m.get("up")),
             tuple(r for r in node.get("streaming") or [] if isinstance(r, dict)),
-            {k: int(v) for k, v in (node.get("storage") or {}).items() if isinstance(v, int)}, decommission)
+            {k: int(v) for k, v in (node.get("storage") or {}).items() if isinstance(v, int)}, decommission,
+            pending_hints(docs["hints"]) if hints else None)
     except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, TypeError):
         return NodeView(pod)
 
 
+def pending_hints(doc: Any) -> dict[str, int]:
+    """/admin/v1/hints' "pending": hints held, by target node."""
+    return {str(k): int(v) for k, v in (doc.get("pending") or {}).items() if isinstance(v, int) and v > 0}
+
+
 async def observe(session: aiohttp.ClientSession, pods: Mapping[str, str], timeout_s: float,
                   operations_of: frozenset[str] = frozenset(),
-                  headers: Mapping[str, str] | None = None) -> dict[str, NodeView]:
+                  headers: Mapping[str, str] | None = None, hints: bool = False) -> dict[str, NodeView]:
     """Every pod's NodeView (pods: name -> admin URL), asked at once."""
     names = sorted(pods)
-    views = await asyncio.gather(*(node_view(session, p, pods[p], timeout_s, p in operations_of, headers)
+    views = await asyncio.gather(*(node_view(session, p, pods[p], timeout_s, p in operations_of, headers, hints)
                                    for p in names))
     return dict(zip(names, views, strict=True))
 

@@ -5,13 +5,18 @@ side, for API servers that did not run those rules (an older CRD, a test's emula
 with the same message and nothing moves until it is reverted.
 
     status.placement = {"racks": {rack: zone or None}, "datacenter", "capacity", "numTokens",
-                        "storageClassName" (each None when unset), "seeds": [pod, ...], "security": mode}
+                        "storageClassName" (each None when unset), "seeds": [pod, ...], "security": mode,
+                        "rackNodeLabels": [{"rack": rack, "nodeLabels": {key: value}}, ...]}
 
 The seeds are recorded too: they are in every pod's template, so they must not follow later rack changes. So is
 spec.security.mode: a rolling change between TLS and plaintext (or between two CAs) would split the ring in two
 halves that refuse each other, and lose quorum mid-roll.
 
 A rack added later is recorded when it first appears; a rack removed is forgotten once its StatefulSet is gone.
+
+A rack's node labels (spec.racks[].nodeLabels) may change (its pods roll onto the nodes they select): they are
+recorded only so that a rack the spec dropped keeps them while its nodes are decommissioned (`spec.parse` reads
+them back). A list, not a map, so that a merge patch of the status replaces it whole.
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ def _config(spec: specmod.ClusterSpec, key: str) -> str | None:
     return dict(spec.config).get(key)
 
 
+def _rack_node_labels(spec: specmod.ClusterSpec, previous: Any, racks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The spec's racks' node labels, and the recorded ones of the racks still recorded that it dropped."""
+    recorded = {str(item["rack"]): item.get("nodeLabels") or {} for item in previous or []
+                if isinstance(item, Mapping) and "rack" in item} if isinstance(previous, list) else {}
+    current = {name: recorded[name] for name in racks if name in recorded}
+    current.update({rack.name: dict(rack.node_labels) for rack in spec.racks})
+    return [{"rack": name, "nodeLabels": found} for name, found in sorted(current.items()) if found]
+
+
 def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
            racks_in_use: set[str] | None = None) -> dict[str, Any]:
     """The placement to keep: the previous record, with racks the spec added (and racks no StatefulSet uses
@@ -51,6 +65,7 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
                                "storageClassName": spec.storage_class, "seeds": plan.seeds(spec),
                                "security": spec.security}
         out.update({name: _config(spec, key) for name, key in CONFIG_FIELDS.items()})
+        out["rackNodeLabels"] = _rack_node_labels(spec, None, out["racks"])
         return out
     racks = dict(previous.get("racks") or {})
     for rack in spec.racks:
@@ -58,7 +73,7 @@ def record(spec: specmod.ClusterSpec, previous: Mapping[str, Any] | None = None,
     if racks_in_use is not None:
         racks = {name: zone for name, zone in racks.items()
                  if name in racks_in_use or name in {r.name for r in spec.racks}}
-    out = {**previous, "racks": racks}
+    out = {**previous, "racks": racks, "rackNodeLabels": _rack_node_labels(spec, previous.get("rackNodeLabels"), racks)}
     out.setdefault("seeds", plan.seeds(spec))  # recorded before seeds were: what the spec gave then
     out.setdefault("security", spec.security)  # likewise
     return out

@@ -12,6 +12,13 @@ Per KVCluster NAME in namespace NS:
     Secrets              NAME-ca, NAME-node-tls, NAME-tokens, NAME-admin-token (`certs`; unless insecure)
     Certificate          NAME-node-tls (cert-manager.io, with spec.security.mode cert-manager, instead of NAME-ca)
 
+The node pods run on distinct Kubernetes nodes (required anti-affinity per hostname over all the cluster's pods,
+with spec.antiAffinity Required, the default): with fewer schedulable Kubernetes nodes than pods the extra pods
+stay Pending (their FailedScheduling events say why; the KVCluster's Ready stays below its Size) until nodes are
+added or spec.antiAffinity is Preferred. A rack runs on the nodes its zone and nodeLabels select (required node
+affinity); a StatefulSet not pinned to a zone spreads its pods over zones where it can (a topology spread
+constraint that never blocks scheduling). spec.podTemplate is laid over the pod template last (`podtemplate`).
+
 Every object carries the cluster's labels and a controller ownerReference to the KVCluster. A node's identity
 is its pod name (RINGKV_NODE_ID); it advertises its pod DNS name; it allocates its own tokens at first start
 (asking the seeds) and keeps them on its volume, so nothing here plans tokens.
@@ -25,26 +32,29 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ringkv_operator import certs, plan
+from ringkv_operator import certs, plan, podtemplate
 from ringkv_operator import spec as specmod
 from ringkv_operator.settings import Settings
 
 HTTP_PORT = 8080
 PEER_PORT = 7070
-DATA_MOUNT = "/var/lib/ringkv"
+DATA_MOUNT = podtemplate.MOUNTS["data"]
 DATA_DIR = f"{DATA_MOUNT}/data"
 UID = 10001
 CONFIG_HASH_ANNOTATION = "ringkv.io/config-hash"
 SERVICE_ROLE_LABEL = "ringkv.io/service"
-CONTAINER = "ringkv"
+CONTAINER = podtemplate.CONTAINER
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Kubernetes sends SIGTERM, the node drains for shutdown_timeout_s (default 10 s), then flushes and fsyncs
 # its memtable; the grace period leaves room for both before SIGKILL.
 MIN_GRACE_SECONDS = 60
+DRAIN_DELAY_SECONDS = 5.0  # RINGKV_DRAIN_DELAY_S unless spec.config sets drain_delay_s
 FLUSH_MARGIN_SECONDS = 30
 
 
-CERTS_MOUNT = "/etc/ringkv/certs"
-TOKENS_MOUNT = "/etc/ringkv/tokens"
+CERTS_MOUNT = podtemplate.MOUNTS["certs"]
+TOKENS_MOUNT = podtemplate.MOUNTS["tokens"]
+TMP_MOUNT = podtemplate.MOUNTS["tmp"]
 
 
 def cluster_name(spec: specmod.ClusterSpec) -> str:
@@ -137,6 +147,8 @@ def node_settings(spec: specmod.ClusterSpec, shape: Sequence[plan.RackSet]) -> d
         "RINGKV_REPLICATION_FACTOR": str(spec.replication_factor),
         "RINGKV_READ_QUORUM": str(spec.read_quorum),
         "RINGKV_WRITE_QUORUM": str(spec.write_quorum),
+        # after SIGTERM: announced as stopping, not ready, still serving while the endpoints drop the pod
+        "RINGKV_DRAIN_DELAY_S": f"{DRAIN_DELAY_SECONDS:g}",
     }
     for key, value in spec.config:
         data["RINGKV_" + key.upper()] = value
@@ -148,8 +160,11 @@ def config_hash(data: Mapping[str, Any]) -> str:
 
 
 def grace_seconds(spec: specmod.ClusterSpec) -> int:
-    shutdown = float(dict(spec.config).get("shutdown_timeout_s", "10"))
-    return max(MIN_GRACE_SECONDS, int(shutdown) + FLUSH_MARGIN_SECONDS)
+    """terminationGracePeriodSeconds: the drain delay, the in-flight requests' time, the flush."""
+    config = dict(spec.config)
+    shutdown = float(config.get("shutdown_timeout_s", "10"))
+    drain = float(config.get("drain_delay_s", f"{DRAIN_DELAY_SECONDS:g}"))
+    return max(MIN_GRACE_SECONDS, int(shutdown + drain + 0.999) + FLUSH_MARGIN_SECONDS)
 
 
 # -- objects -----------------------------------------------------------------------------------------------------
@@ -202,23 +217,50 @@ def _pod_selector(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str
     return out
 
 
-def _affinity(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, Any]:
-    """Nodes of one cluster on distinct Kubernetes nodes where possible; a rack with a zone runs in that zone,
-    otherwise the nodes also spread over zones where possible."""
-    def term(weight: int, topology: str) -> dict[str, Any]:
-        return {"weight": weight, "podAffinityTerm": {"topologyKey": topology,
-                                                      "labelSelector": {"matchLabels": selector_labels(spec)}}}
+def _node_affinity(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, Any] | None:
+    """A rack's zone and node labels as one required node selector term (all of them must match)."""
+    expressions = [{"key": specmod.ZONE_LABEL, "operator": "In", "values": [rack_set.zone]}] if rack_set.zone else []
+    expressions += [{"key": key, "operator": "In", "values": [value]}
+                    for key, value in spec.rack_node_labels(rack_set.rack)]
+    if not expressions:
+        return None
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": expressions}]}}
 
-    preferred = [term(100, "kubernetes.io/hostname")]
-    affinity: dict[str, Any] = {}
-    if rack_set.zone is None:
-        preferred.append(term(50, "topology.kubernetes.io/zone"))
-    else:
-        affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
-                                   "values": [rack_set.zone]}]}]}}
-    affinity["podAntiAffinity"] = {"preferredDuringSchedulingIgnoredDuringExecution": preferred}
+
+def _pod_anti_affinity(spec: specmod.ClusterSpec) -> dict[str, Any]:
+    """No two nodes of the cluster (any rack) on one Kubernetes node: required, or only preferred."""
+    term = {"topologyKey": HOSTNAME_LABEL, "labelSelector": {"matchLabels": selector_labels(spec)}}
+    if spec.anti_affinity == "Required":
+        return {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    return {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
+
+
+def _affinity(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, Any]:
+    affinity = {"podAntiAffinity": _pod_anti_affinity(spec)}
+    node = _node_affinity(spec, rack_set)
+    if node is not None:
+        affinity["nodeAffinity"] = node
     return affinity
+
+
+def _spread(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> list[dict[str, Any]]:
+    """A StatefulSet not pinned to a zone spreads its pods over the zones, as evenly as the scheduler can
+    without leaving a pod Pending for it."""
+    if rack_set.zone is not None:
+        return []
+    return [{"maxSkew": 1, "topologyKey": specmod.ZONE_LABEL, "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": _pod_selector(spec, rack_set)}}]
+
+
+def _scheduling(spec: specmod.ClusterSpec, rack_set: plan.RackSet) -> dict[str, Any]:
+    """The pod spec's fields that say where the pod runs and what it is given to get there."""
+    out: dict[str, Any] = {"affinity": _affinity(spec, rack_set)}
+    optional = {"topologySpreadConstraints": _spread(spec, rack_set), "nodeSelector": dict(spec.node_selector),
+                "tolerations": [dict(t) for t in spec.tolerations], "priorityClassName": spec.priority_class,
+                "imagePullSecrets": [{"name": name} for name in spec.image_pull_secrets]}
+    out.update({key: value for key, value in optional.items() if value})
+    return out
 
 
 def _probe(path: str, period: int, failures: int, https: bool = False) -> dict[str, Any]:
@@ -301,7 +343,7 @@ def _container(spec: specmod.ClusterSpec, rack_set: plan.RackSet, settings: Sett
         "readinessProbe": _probe("/ready", 5, 3, spec.https),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"},
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": TMP_MOUNT},
                          *([{"name": "certs", "mountPath": CERTS_MOUNT, "readOnly": True},
                             {"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}] if spec.secure else [])],
     }
@@ -342,11 +384,12 @@ def statefulset(spec: specmod.ClusterSpec, rack_set: plan.RackSet, shape: Sequen
                              "annotations": {CONFIG_HASH_ANNOTATION: config_hash(node_settings(spec, shape))}},
                 "spec": {
                     "enableServiceLinks": False,  # a Service named "ringkv" would inject RINGKV_PORT=tcp://...
+                    "automountServiceAccountToken": False,  # the nodes never call the Kubernetes API
                     "terminationGracePeriodSeconds": grace_seconds(spec),
                     "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                                         "fsGroupChangePolicy": "OnRootMismatch",
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "affinity": _affinity(spec, rack_set),
+                    **_scheduling(spec, rack_set),
                     "containers": [_container(spec, rack_set, settings)],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *_security_volumes(spec)],
                 },
@@ -354,7 +397,7 @@ def statefulset(spec: specmod.ClusterSpec, rack_set: plan.RackSet, shape: Sequen
             "volumeClaimTemplates": [claim],
         },
     }
-    template = sts["spec"]["template"]
+    template = sts["spec"]["template"] = podtemplate.apply(sts["spec"]["template"], spec.pod_template)
     template["metadata"]["annotations"][plan.TEMPLATE_HASH_ANNOTATION] = config_hash(template)
     # replicas are left out: the size is the scaling policy's to change, not a drift of the manifest
     unsized = {**sts, "spec": {k: v for k, v in sts["spec"].items() if k != "replicas"}}

@@ -48,7 +48,8 @@ CAPACITY_HEADROOM = 0.8
 
 @dataclass(frozen=True)
 class NodeView:
-    """One node as it describes itself (/admin/v1/node, /admin/v1/members, its decommission operation)."""
+    """One node as it describes itself (/admin/v1/node, /admin/v1/members, its decommission operation, the
+    hints it holds)."""
 
     pod: str
     reachable: bool = False
@@ -60,6 +61,7 @@ class NodeView:
     streaming: Sequence[Mapping[str, Any]] = ()  # the ranges it streams in (a joiner)
     storage: Mapping[str, int] = field(default_factory=dict)  # sstable_bytes, disk_total_bytes, ...
     decommission: Mapping[str, Any] | None = None  # its latest decommission operation
+    hints: Mapping[str, int] | None = None  # hints it holds, by target node (/admin/v1/hints); None: not asked
 
 
 @dataclass(frozen=True)

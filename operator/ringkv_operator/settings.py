@@ -9,6 +9,12 @@ is passed in.
     RINGKV_OPERATOR_RESYNC_SECONDS          how often each KVCluster is reconciled and its status refreshed
     RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS    timeout of one request to a node's admin API
     RINGKV_OPERATOR_METRICS_PORT            port of the operator's Prometheus /metrics (`metrics`); 0: not served
+    RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS  a rollout rolls the next pod only while the nodes hold at most this
+                                            many hints in all (default 0: every hint handed off first)
+    RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS  seconds the ring must have been healthy, with every pod ready, before
+                                            the first pod of a StatefulSet (a rack) rolls (default 30)
+    RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS  a rollout at one pod for longer (rolling it, or waiting for the ring
+                                            before it) is reported stuck: Degraded, reason RolloutStuck (600)
     POD_NAMESPACE                           the operator's namespace (informational: it watches all namespaces)
 """
 
@@ -24,7 +30,9 @@ URL_FIELDS = frozenset({"pod", "pod_ip", "service", "namespace", "port"})
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 ENV_NAMES = frozenset({"RINGKV_OPERATOR_NODE_IMAGE", "RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY",
                        "RINGKV_OPERATOR_NODE_URL_TEMPLATE", "RINGKV_OPERATOR_RESYNC_SECONDS",
-                       "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS", "RINGKV_OPERATOR_METRICS_PORT", "POD_NAMESPACE"})
+                       "RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS", "RINGKV_OPERATOR_METRICS_PORT", "POD_NAMESPACE",
+                       "RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS", "RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS",
+                       "RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ class Settings:
     http_timeout_seconds: float = 2.0
     metrics_port: int = 8081
     namespace: str = ""
+    rollout_max_pending_hints: int = 0
+    rollout_settle_seconds: float = 30.0
+    rollout_deadline_seconds: float = 600.0
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -49,6 +60,28 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be positive")
     return value
+
+
+def _non_negative(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return value
+
+
+def _count(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} is not a count (0 or more)")
+    return int(raw)
 
 
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -79,6 +112,12 @@ def from_env(environ: Mapping[str, str]) -> Settings:
                                        Settings.http_timeout_seconds),
         metrics_port=_port(environ, "RINGKV_OPERATOR_METRICS_PORT", Settings.metrics_port),
         namespace=environ.get("POD_NAMESPACE", "").strip(),
+        rollout_max_pending_hints=_count(environ, "RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS",
+                                         Settings.rollout_max_pending_hints),
+        rollout_settle_seconds=_non_negative(environ, "RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS",
+                                             Settings.rollout_settle_seconds),
+        rollout_deadline_seconds=_positive(environ, "RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS",
+                                           Settings.rollout_deadline_seconds),
     )
 
 

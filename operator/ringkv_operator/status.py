@@ -15,10 +15,20 @@
                  ScalingRefused  True while the size change spec asks for is refused (the reason says why:
                                  BelowReplicationFactor, InsufficientCapacity, TwoChangesAtOnce,
                                  ImmutableFieldChanged); the running size is kept
+                 Paused          True while the KVCluster is annotated ringkv.io/paused: "true" (nothing is
+                                 reconciled; the rest of the status is left as it was)
+                 ReconcileError  True when the last pass could not do all it had to: the Kubernetes API refused
+                                 a request (reason Forbidden, QuotaExceeded, Invalid, Conflict, ApiError; the
+                                 message is the API's), or an object of the cluster's name is not the
+                                 cluster's (ForeignObject: left alone); False again after a pass that succeeds
     size, statefulSets   the nodes the operator stands by, in all and per StatefulSet (`scaling`)
     operation            the node being added or removed: kind, node, phase, progress, started, ...
     lastOperation        the last one that ended, with finished and result
     target               the per-StatefulSet sizes a size change in progress goes to
+    rollout              where a rollout is (`plan.advance`): statefulSet, pod, phase (Rolling, WaitingForRing,
+                         Settling), since, message, partition, ringHealthy, healthySince; absent when none runs.
+                         Degraded is True with reason RolloutStuck when it has been at one pod past the deadline
+    nodeImage            the node image the cluster's pods were given (`plan.node_image`)
 
 Conditions follow metav1.Condition; a condition's lastTransitionTime changes only when its status does.
 """
@@ -32,7 +42,9 @@ from typing import Any
 from ringkv_operator import plan, resources, scaling
 from ringkv_operator import spec as specmod
 
-CONDITION_TYPES = ("Available", "Progressing", "Degraded", "Scaling", "Rebalancing", "ScalingRefused")
+CONDITION_TYPES = ("Available", "Progressing", "Degraded", "Scaling", "Rebalancing", "ScalingRefused", "Paused",
+                   "ReconcileError")
+PAUSED_ANNOTATION = "ringkv.io/paused"
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,10 @@ class Observed:
     members_error: str = ""
     pending_rollout: Sequence[str] = field(default_factory=tuple)  # StatefulSets whose new template waits
     step: scaling.Step | None = None  # the scaling policy's verdict in this pass
+    rollout: Mapping[str, Any] | None = None  # status.rollout after this pass (`plan.advance`)
+    stuck: str = ""  # why the rollout is stuck (`plan.stuck`), "" when it is not
+    foreign: Sequence[str] = ()  # objects of the cluster's names that are not the cluster's ("Kind name")
+    ring_agreed: bool | None = None  # every live member gossips one ring (`nodeapi.ring_agreed`); None: unknown
 
 
 def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> list[dict[str, Any]]:
@@ -61,6 +77,14 @@ def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> lis
             item["pod"] = node_id
         out.append(item)
     return out
+
+
+def abandoned_join(member: Mapping[str, Any], pods: set[str]) -> bool:
+    """A member gossip still remembers joining, without tokens, down, whose pod is gone: a join that stopped
+    before it took any part of the ring (a node added by hand and cut again at once). It owns nothing and
+    holds no data: no reason to call the cluster degraded."""
+    return (member.get("status") == "joining" and not member.get("tokens") and not member.get("up")
+            and member.get("nodeId") not in pods)
 
 
 def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, reason: str, message: str,
@@ -88,7 +112,8 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
     not_ready = sorted(expected - {str(p["metadata"]["name"]) for p in pods if plan.pod_ready(p)})
     members = members_summary(observed.members or (), names)
     down = sorted(m["nodeId"] for m in members
-                  if (not m["up"] or m["status"] != "normal") and m["nodeId"] not in moving)
+                  if (not m["up"] or m["status"] != "normal") and m["nodeId"] not in moving
+                  and not abandoned_join(m, names))
     absent = sorted(expected - {m["nodeId"] for m in members}) if observed.members is not None else []
     rollout = sorted({str(s["metadata"]["name"]) for s in observed.statefulsets if plan.rolling(s, pods)}
                      | set(observed.pending_rollout))
@@ -96,6 +121,7 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
     # A racked cluster is created one node at a time: creating until the first target is reached.
     creating = previous_phase in ("Creating", "Failed") and (ready < wanted or bool(step and step.target))
     degraded = not creating and not rollout and (bool(not_ready) or bool(down) or bool(absent))
+    degraded = degraded or bool(observed.stuck)
 
     if creating:
         phase = "Creating"
@@ -116,21 +142,30 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
                   f"{ready} of {wanted} nodes ready; requests at R={spec.read_quorum}, W={spec.write_quorum} "
                   f"need {spec.quorum}", gen, now),
         condition(before, "Progressing", creating or bool(rollout) or bool(op),
-                  "Creating" if creating else "Scaling" if op else "RollingUpdate" if rollout else "Complete",
+                  "Creating" if creating else "Scaling" if op else _rollout_reason(observed.rollout) if rollout
+                  else "Complete",
                   f"creating: {ready} of {wanted} nodes ready" if creating
                   else str(op.get("summary", "")) if op
-                  else f"rolling out a new template: {', '.join(rollout)}" if rollout
+                  else f"rolling out a new template: {', '.join(rollout)}" + (
+                      f"; {observed.rollout['message']}" if observed.rollout else "") if rollout
                   else "every StatefulSet runs the current template", gen, now),
         condition(before, "Degraded", degraded,
-                  _degraded_reason(not_ready, down, absent) if degraded else "AsExpected",
-                  _degraded_message(ready, wanted, not_ready, down, absent, observed.members_error) if degraded
+                  "RolloutStuck" if observed.stuck else _degraded_reason(not_ready, down, absent) if degraded
+                  else "AsExpected",
+                  observed.stuck if observed.stuck
+                  else _degraded_message(ready, wanted, not_ready, down, absent, observed.members_error) if degraded
                   else "all nodes ready" + ("" if observed.members is not None else
                                             f"; ring members unknown: {observed.members_error or 'no node answered'}"),
                   gen, now),
         *scaling_conditions(spec, decision, step, before, now),
+        condition(before, "Paused", False, "Reconciling",
+                  f'the operator reconciles the cluster ({PAUSED_ANNOTATION}: "true" pauses it)', gen, now),
+        _foreign_condition(observed.foreign, before, gen, now),
     ]
     out: dict[str, Any] = {"replicas": len(pods), "readyReplicas": ready, "selector": resources.selector(spec),
-                           "phase": phase, "conditions": conditions, "members": members}
+                           "phase": phase, "conditions": conditions, "members": members,
+                           "ringAgreed": observed.ring_agreed,
+                           "rollout": dict(observed.rollout) if observed.rollout else None}
     if step is not None:
         out.update(size=sum(step.committed.values()), statefulSets=dict(step.committed), operation=op,
                    target=step.target)
@@ -175,6 +210,71 @@ def scaling_conditions(spec: specmod.ClusterSpec, decision: plan.Decision, step:
         condition(before, "Rebalancing", streaming, rebalance_reason, rebalance_message, gen, now),
         condition(before, "ScalingRefused", refusal is not None, refused_reason, refused_message, gen, now),
     ]
+
+
+def _rollout_reason(record: Mapping[str, Any] | None) -> str:
+    phase = (record or {}).get("phase")
+    return str(phase) if phase in (plan.WAITING, plan.SETTLING) else "RollingUpdate"
+
+
+def _foreign_condition(foreign: Sequence[str], before: Sequence[Mapping[str, Any]], gen: int | None,
+                       now: str) -> dict[str, Any]:
+    if foreign:
+        return condition(before, "ReconcileError", True, "ForeignObject", foreign_message(foreign), gen, now)
+    return condition(before, "ReconcileError", False, "Reconciled", "the last pass did all it had to", gen, now)
+
+
+def foreign_message(foreign: Sequence[str]) -> str:
+    one = len(foreign) == 1
+    return (f"{', '.join(foreign)} already exist{'s' if one else ''} and {'is' if one else 'are'} not owned by this "
+            "KVCluster (no ownerReference with its uid): the operator leaves "
+            f"{'it' if one else 'them'} alone and builds nothing on {'it' if one else 'them'}; delete or rename "
+            f"{'it' if one else 'them'}")
+
+
+def stuck_message(status: Mapping[str, Any]) -> str:
+    """The message of Degraded while it is True for a stuck rollout, else ""."""
+    degraded = find(status.get("conditions") or [], "Degraded")
+    stuck = degraded.get("status") == "True" and degraded.get("reason") == "RolloutStuck"
+    return str(degraded.get("message", "")) if stuck else ""
+
+
+# -- what the operator writes instead of a whole status --------------------------------------------------------
+
+
+def _replace(conditions: Sequence[Mapping[str, Any]], new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The conditions with `new` in place of the one of its type (or added)."""
+    out = [dict(c) for c in conditions if c.get("type") != new["type"]]
+    return [*out, dict(new)]
+
+
+def paused(previous: Mapping[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    """The status of a paused KVCluster: what it was, with Paused=True."""
+    before = previous.get("conditions") or []
+    return {"conditions": _replace(before, condition(
+        before, "Paused", True, "PausedByAnnotation",
+        f'{PAUSED_ANNOTATION} is "true": the operator creates, patches and deletes nothing of this cluster until '
+        "the annotation is removed", generation, now))}
+
+
+def is_paused(body: Mapping[str, Any]) -> bool:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(PAUSED_ANNOTATION, "")).strip().lower() == "true"
+
+
+def api_error_reason(code: int, message: str) -> str:
+    """The ReconcileError reason for an answer of the Kubernetes API."""
+    if code == 403:
+        return "QuotaExceeded" if "exceeded quota" in message else "Forbidden"
+    return {409: "Conflict", 422: "Invalid", 404: "NotFound"}.get(code, "ApiError")
+
+
+def reconcile_error(previous: Mapping[str, Any], reason: str, message: str, generation: int | None,
+                    now: str) -> dict[str, Any]:
+    """The status after a pass the Kubernetes API stopped: what it was, with ReconcileError=True."""
+    before = previous.get("conditions") or []
+    return {"conditions": _replace(before, condition(before, "ReconcileError", True, reason, message[:32768],
+                                                     generation, now))}
 
 
 def _degraded_reason(not_ready: Sequence[str], down: Sequence[str], absent: Sequence[str]) -> str:

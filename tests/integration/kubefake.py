@@ -118,8 +118,9 @@ T = TypeVar("T")
 
 
 class Operator:
-    def __init__(self, emulator: Emulator, workdir: Path) -> None:
+    def __init__(self, emulator: Emulator, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})  # over the defaults below, at every start (change it between a stop and a start)
         self.kubeconfig = workdir / "kubeconfig"
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
@@ -150,6 +151,7 @@ class Operator:
             "RINGKV_OPERATOR_NODE_URL_TEMPLATE": "http://{pod_ip}:{port}",
             "RINGKV_OPERATOR_RESYNC_SECONDS": str(RESYNC_S),
             "RINGKV_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            **self.env,
         })
         self.starts += 1
         with open(self.log, "ab") as log:
@@ -237,12 +239,13 @@ class World:
 
 
 @contextlib.contextmanager
-def world(workdir: Path, operator: bool = True, honour_min_ready: bool = False) -> Iterator[World]:
-    """The emulator, the controllers and (unless operator=False) the operator, its KVCluster watch open;
-    everything stopped on exit."""
+def world(workdir: Path, operator: bool = True, honour_min_ready: bool = False,
+          operator_env: dict[str, str] | None = None) -> Iterator[World]:
+    """The emulator, the controllers and (unless operator=False) the operator, its KVCluster watch open, with
+    `operator_env` over its default settings; everything stopped on exit."""
     api = Emulator()
     controllers: Controllers | None = None
-    kopf = Operator(api, workdir) if operator else None
+    kopf = Operator(api, workdir, operator_env) if operator else None
     try:
         controllers = Controllers(api, workdir / "pods", honour_min_ready)
         if kopf is not None:

@@ -62,6 +62,7 @@ BACKOFF_S = 0.5  # the kubelet's restart back-off: doubles per crash up to BACKO
 BACKOFF_MAX_S = 4.0  # back to BACKOFF_S once a container has run BACKOFF_RESET_S
 BACKOFF_RESET_S = 10.0
 CLOSE_S = 30.0  # Controllers.close: the deadline for every thread and node to be gone
+DRAIN_DELAY_S = 0.5  # the nodes' drain after SIGTERM, at most (the operator asks for 5 s)
 KUBELET_FINALIZER = "kubefake.ringkv.io/kubelet"  # graceful pod deletion: gone once the kubelet has stopped it
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
 
@@ -607,6 +608,8 @@ class Controllers:
             seeds.append(f"127.0.0.1:{self._peer_port(host.split('.')[0])}")
         env.update({"RINGKV_SEEDS": ",".join(seeds), "RINGKV_ADVERTISE_HOST": "127.0.0.1",
                     "RINGKV_PEER_PORT": str(self._peer_port(pod.name))})
+        if "RINGKV_DRAIN_DELAY_S" in env:  # kept, but short: no Service endpoints here to wait for
+            env["RINGKV_DRAIN_DELAY_S"] = f"{min(float(env['RINGKV_DRAIN_DELAY_S']), DRAIN_DELAY_S):g}"
         env = {key: pod.secrets.rewrite(value) for key, value in env.items()}  # mounted Secrets: their files
         flags = []
         for key, value in sorted(env.items()):

@@ -164,3 +164,34 @@ def test_the_api_answers_not_ready_during_the_replay_and_sigterm_then_stops_clea
         assert asyncio.run(read_back()) == [k + "=" + "x" * VALUE_BYTES for k in keys[:: len(keys) // 50]]
     finally:
         node.kill()
+
+
+def test_a_one_node_cluster_whose_second_seed_does_not_exist_serves_again_after_a_restart(tmp_path: Path) -> None:
+    """What a one-node KVCluster is (its seeds are pods 0 and 1; pod 1 never exists): the first start founds
+    the ring alone; a restart remembers no peer and must not wait for one forever: after `ring_wait_s` it
+    serves as the one-node ring it was."""
+    http, peer, absent = _free_port(), _free_port(), _free_port()
+    node = NodeProcess(tmp_path / "alone", node_id="alone", durability="batch", extra_args=[
+        "--port", str(http), "--peer-port", str(peer), "--seeds", f"127.0.0.1:{peer},127.0.0.1:{absent}",
+        "--replication-factor", "1", "--read-quorum", "1", "--write-quorum", "1", "--ring-wait-s", "2"])
+    try:
+        node.start(timeout_s=60)
+
+        async def put_then_get() -> Any:
+            async with Client(node.url) as client:
+                await client.put("alone", "here")
+                return (await client.get("alone")).value
+
+        assert asyncio.run(put_then_get()) == "here"
+        assert node.stop() == 0
+        started = time.monotonic()
+        node.start(timeout_s=30)  # before: waited for the absent seed for ever
+        assert time.monotonic() - started < 20
+
+        async def get() -> Any:
+            async with Client(node.url) as client:
+                return (await client.get("alone")).value
+
+        assert asyncio.run(get()) == "here"
+    finally:
+        node.kill()

@@ -65,7 +65,8 @@ def put_ok(url: str, key: str, value: Any, w: int) -> bool:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with kubefake.world(tmp_path) as w:
+    # A rack's first pod rolls once the ring has been healthy for a second (not the default 30 s).
+    with kubefake.world(tmp_path, operator_env={"RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS": "1"}) as w:
         yield w
 
 
@@ -108,6 +109,8 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
     # 2. The StatefulSet's pods run real nodes; the status shows them, and the ring they formed.
     status = world.wait("the cluster to be Running with 3 members", lambda: world.running("demo", 3), 120)
     assert status["replicas"] == 3 and status["observedGeneration"] == 1
+    world.wait("the Ring column to show agreement", lambda: (world.kvcluster("demo") or {})["status"].get(
+        "ringAgreed") is True, 30)
     assert status["selector"] == ("app.kubernetes.io/component=node,app.kubernetes.io/instance=demo,"
                                   "app.kubernetes.io/name=ringkv")
     assert {m["nodeId"] for m in status["members"]} == {"demo-0", "demo-1", "demo-2"}
@@ -115,7 +118,8 @@ def test_operator_runs_a_kvcluster_end_to_end(world: World, tmp_path: Path) -> N
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Available": ("True", "QuorumReachable"), "Progressing": ("False", "Complete"),
                           "Degraded": ("False", "AsExpected"), "Scaling": ("False", "SizeMatchesSpec"),
-                          "Rebalancing": ("False", "Balanced"), "ScalingRefused": ("False", "SizeMatchesSpec")}
+                          "Rebalancing": ("False", "Balanced"), "ScalingRefused": ("False", "SizeMatchesSpec"),
+                          "Paused": ("False", "Reconciling"), "ReconcileError": ("False", "Reconciled")}
     node = controller.pod("demo-1").node
     ring = http_json(node.url + "/admin/v1/ring")
     assert (ring["replication_factor"], ring["read_quorum"], ring["write_quorum"]) == (3, 2, 2)

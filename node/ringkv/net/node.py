@@ -10,9 +10,10 @@ Start-up:
    directory was wiped).
 3. Gossip, and wait until a peer's state map has arrived (unless the node is alone by configuration: no
    seeds but itself). Until then it coordinates nothing (`not_ready`) and does not serve HTTP (so `/ready`
-   fails). A restarted node that has a remembered ring stops waiting after `ring_wait_s` (a whole-cluster
-   restart under OrderedReady would otherwise wait for peers that only start after it): quorums are never
-   lowered, so on that ring it answers 503 rather than acknowledge alone. A first start keeps waiting.
+   fails). A restarted node stops waiting after `ring_wait_s` (a whole-cluster restart under OrderedReady
+   would otherwise wait for peers that only start after it; a one-node cluster for a second seed that does
+   not exist): quorums are never lowered, so on the ring it remembers it answers 503 rather than acknowledge
+   alone. A first start keeps waiting.
    A node that decommissioned (`left` in node.json) stops here: it stays out of the ring and serves nothing
    until its data directory is wiped (a kubelet restarting its container must not make it rejoin).
 4. Announce `normal`, deliver hints, take traffic. A first start into a ring that has members instead joins
@@ -243,7 +244,7 @@ class ClusterNode:
             tokens = await join.allocate_tokens(self, stream=False)
             self.turn_normal(tokens, replaced=None)
         else:
-            await self._await_ring(bool(remembered))
+            await self._await_ring()
         await self.serve(tokens)
 
     def _stay_left(self) -> None:
@@ -459,12 +460,15 @@ class ClusterNode:
         except TimeoutError:
             return False
 
-    async def _await_ring(self, remembered: bool) -> None:
+    async def _await_ring(self) -> None:
         """A restart: take no traffic until a peer's view of the ring has arrived (see the module docstring)."""
         if self.alone():
             return
         started = time.monotonic()
-        limit = self.config.ring_wait_s if remembered else None
+        # Remembered peers: wait for them, up to ring_wait_s. None (tokens, but no peer with tokens in node.json,
+        # which is rewritten within a second of a change): it was alone in its ring, e.g. a one-node cluster
+        # whose configured second seed does not exist; it waits as long, then serves as the ring it was.
+        limit = self.config.ring_wait_s
         while True:
             step = WAIT_LOG_INTERVAL_S if limit is None else max(0.0, min(WAIT_LOG_INTERVAL_S,
                                                                           started + limit - time.monotonic()))

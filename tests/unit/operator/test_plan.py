@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ringkv_operator import plan, resources, settings
+from ringkv_operator import plan, resources, scaling, settings
 from ringkv_operator import spec as specmod
 
 from .samples import kvcluster
@@ -193,3 +193,156 @@ def test_the_labels_deletion_lists_by_are_on_every_object() -> None:
     [sts] = resources.statefulsets(spec, shape, settings.Settings())
     claim_labels = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
     assert resources.claim_labels("demo").items() <= claim_labels.items()
+
+
+# -- rollout, pod by pod -----------------------------------------------------------------------------------------
+
+
+def partitioned(name: str, image: str, replicas: int, partition: int) -> dict[str, Any]:
+    return plan.with_partition(sts(name, image, replicas), partition)
+
+
+def test_a_new_template_is_applied_with_the_partition_at_the_size() -> None:
+    old, new = sts("demo", "old", 3), sts("demo", "new", 3)
+    assert plan.partition_for(new, None) == 0  # a new StatefulSet: every pod is new anyway
+    assert plan.partition_for(new, old) == 3  # no pod rolls until the operator says so
+    assert plan.partition_for(new, partitioned("demo", "new", 3, 1)) == 1  # same template: left where it is
+    held = plan.with_partition(new, 3)
+    assert held["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 3}}
+    assert "updateStrategy" not in new["spec"]  # a copy
+    on_delete = {**new, "spec": {**new["spec"], "updateStrategy": {"type": "OnDelete"}}}
+    assert plan.with_partition(on_delete, 3)["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+
+def test_the_pods_above_the_partition_roll_first_then_the_next_one_waits_for_the_operator() -> None:
+    live = partitioned("demo", "new", 3, 3)
+    old = [pod(f"demo-{k}", "old") for k in range(3)]
+    assert plan.roll(live, old) == plan.Roll("demo", "demo-2", False, 2, first=True)
+    live = partitioned("demo", "new", 3, 2)
+    assert plan.roll(live, old) == plan.Roll("demo", "demo-2", True, 2)  # being replaced
+    assert plan.roll(live, [*old[:2], pod("demo-2", "new", ready=False)]) == plan.Roll("demo", "demo-2", True, 2)
+    assert plan.roll(live, [*old[:2], pod("demo-2", "new")]) == plan.Roll("demo", "demo-1", False, 1)
+    # a pod already on the template (recreated) needs no turn of its own
+    assert plan.roll(live, [old[0], pod("demo-1", "new"), pod("demo-2", "new")]) == \
+        plan.Roll("demo", "demo-0", False, 0)
+    assert plan.roll(live, [pod(f"demo-{k}", "new") for k in range(3)]) == plan.Roll("demo", "", False, 0)
+    assert plan.roll(partitioned("demo", "new", 3, 0), old) is None  # the controller's to finish
+    assert plan.roll(sts("demo", "new", 3), old) is None  # no partition: as an older operator left it
+
+
+def view(pod_name: str, hints: dict[str, int] | None = None,
+         streaming: tuple[dict[str, Any], ...] = ()) -> scaling.NodeView:
+    return scaling.NodeView(pod_name, True, "normal", "v1", True, {}, frozenset(), streaming, {}, None,
+                    {} if hints is None else hints)
+
+
+def test_the_ring_gate() -> None:
+    nodes = {"demo-0": view("demo-0"), "demo-1": view("demo-1", {"demo-0": 3})}
+    assert plan.ring_gate(nodes, "", 3) == ""
+    assert plan.ring_gate(nodes, "demo-0 is not ready", 3) == "demo-0 is not ready"
+    assert plan.ring_gate(nodes, "", 2) == ("3 hints wait for delivery (demo-1: 3), more than the 2 a rollout allows "
+                                            "(RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS)")
+    streaming = {**nodes, "demo-2": view("demo-2", streaming=({"state": "streaming"}, {"state": "done"}))}
+    assert plan.ring_gate(streaming, "", 3) == "ranges are streaming into demo-2"
+    done = {**nodes, "demo-2": view("demo-2", streaming=({"state": "done"},))}
+    assert plan.ring_gate(done, "", 3) == ""
+    assert plan.ring_gate({**nodes, "demo-2": scaling.NodeView("demo-2", True)}, "", 3) == \
+        "demo-2 did not say how many hints it holds"
+
+
+T0, T5, T10, T40 = ("2026-01-01T00:00:00Z", "2026-01-01T00:00:05Z", "2026-01-01T00:00:10Z", "2026-01-01T00:00:40Z")
+
+
+def test_advance_lowers_the_partition_only_past_the_gate() -> None:
+    nxt = plan.Roll("demo", "demo-2", False, 2)
+    waiting = plan.advance(nxt, "demo-0 is not ready", None, T0, T10, 0)
+    assert waiting.partition is None and waiting.record == {
+        "statefulSet": "demo", "pod": "demo-2", "phase": "WaitingForRing", "since": T10, "partition": 2,
+        "message": "before rolling demo-2: demo-0 is not ready", "ringHealthy": False}
+    still = plan.advance(nxt, "3 hints wait", waiting.record, T0, T40, 0)
+    assert still.record is not None and still.record["since"] == T10  # the same wait
+    go = plan.advance(nxt, "", still.record, T0, T40, 0)
+    assert (go.partition, go.started) == (2, True)
+    assert go.record is not None and go.record["phase"] == "Rolling" and go.record["since"] == T40
+    rolling = plan.advance(plan.Roll("demo", "demo-2", True, 2), None, go.record, T0, T40, 0)
+    assert rolling.partition is None and rolling.record is not None and rolling.record["since"] == T40
+    assert plan.advance(None, None, go.record, T0, T40, 0) == plan.Advance(None)
+    assert plan.advance(plan.Roll("demo", "", False, 0), None, go.record, T0, T40, 0) == plan.Advance(None, 0)
+
+
+def test_a_statefulsets_first_pod_waits_for_the_ring_to_settle() -> None:
+    first = plan.Roll("demo-b", "demo-b-0", False, 0, first=True)
+    # the last pod became ready at T5; 30 s of settle from then
+    settling = plan.advance(first, "", None, T5, T10, 30)
+    assert settling.partition is None and settling.record is not None
+    assert settling.record["phase"] == "Settling" and settling.record["message"] == (
+        "before rolling demo-b-0, the first of StatefulSet demo-b: the ring has been healthy for 5 of 30 s")
+    assert plan.advance(first, "", settling.record, T5, T40, 30).partition == 0
+    # the ring was unhealthy when last looked at: healthy from now on
+    unhealthy = {**settling.record, "ringHealthy": False}
+    again = plan.advance(first, "", unhealthy, T5, T40, 30)
+    assert again.partition is None and again.record is not None and again.record["healthySince"] == T40
+    assert plan.advance(first, "", again.record, T5, "2026-01-01T00:01:10Z", 30).partition == 0
+    # a cluster whose pods have long been ready rolls its first pod at once; later pods never settle
+    assert plan.advance(first, "", None, "2025-12-31T00:00:00Z", T10, 30).partition == 0
+    assert plan.advance(plan.Roll("demo-b", "demo-b-1", False, 1), "", None, T5, T10, 30).partition == 1
+
+
+def test_a_rollout_at_one_pod_past_the_deadline_is_stuck() -> None:
+    record = {"statefulSet": "demo", "pod": "demo-2", "phase": "Rolling", "since": T0,
+              "message": "replacing demo-2 with the new template; waiting for it to be ready"}
+    assert plan.stuck(record, T10, 30) == ""
+    assert plan.stuck(record, T40, 30) == (
+        "demo-2 has not become ready on the new template for 40 s (RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS 30), "
+        "StatefulSet demo: replacing demo-2 with the new template; waiting for it to be ready")
+    waiting = {**record, "phase": "WaitingForRing", "message": "before rolling demo-2: demo-0 is not ready"}
+    assert plan.stuck(waiting, T40, 30).startswith("demo-2 has waited to roll for 40 s")
+    assert plan.stuck(None, T40, 30) == ""
+
+
+def test_pods_ready_since_the_last_of_them_got_ready() -> None:
+    def ready(name: str, since: str, is_ready: bool = True) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"conditions": [
+            {"type": "Ready", "status": "True" if is_ready else "False", "lastTransitionTime": since}]}}
+
+    assert plan.ready_since([ready("a", T5), ready("b", "2026-01-01T00:00:07.5+00:00"), ready("c", T40, False)]) \
+        == "2026-01-01T00:00:07.5+00:00"
+    assert plan.ready_since([]) == ""
+    assert plan.seconds_between(T0, "2026-01-01T00:00:07.5+00:00") == 7.5
+    assert plan.seconds_between("", T0) == 0.0
+
+
+# -- the node image ----------------------------------------------------------------------------------------------
+
+
+def test_the_node_image_is_pinned_until_asked_to_change() -> None:
+    default = "ringkv:0.2.0"
+    assert plan.node_image(None, None, None, default, False) == default  # a new cluster
+    assert plan.node_image(None, "ringkv:0.1.0", "ringkv:0.1.0", default, False) == "ringkv:0.1.0"
+    assert plan.node_image(None, None, "ringkv:0.1.0", default, False) == "ringkv:0.1.0"  # built before the record
+    assert plan.node_image(None, "ringkv:0.1.0", None, default, True) == default  # ringkv.io/upgrade-image
+    assert plan.node_image("reg/ringkv:9", "ringkv:0.1.0", None, default, False) == "reg/ringkv:9"
+    # what status.nodeImage records: the image a StatefulSet was given, not one refused or waiting
+    assert plan.image_in_use("ringkv:2", ["ringkv:1", "ringkv:2"], "ringkv:1", "ringkv:1") == "ringkv:2"
+    assert plan.image_in_use("ringkv:9", ["ringkv:1"], "ringkv:1", "ringkv:1") == "ringkv:1"
+    assert plan.image_in_use("ringkv:9", ["ringkv:1"], None, "ringkv:1") == "ringkv:1"
+    assert plan.image_in_use("ringkv:1", [], None, None) == "ringkv:1"
+    spec = cluster(image="reg/ringkv:9")
+    [built] = resources.statefulsets(spec, plan.desired_shape(spec), settings.Settings())
+    assert plan.container_image(built, resources.CONTAINER) == "reg/ringkv:9"
+    assert plan.container_image(built, "other") is None
+
+
+# -- ownership ---------------------------------------------------------------------------------------------------
+
+
+def test_ownership_is_the_owner_references_uid_not_the_name() -> None:
+    def obj(*refs: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": "demo", "ownerReferences": list(refs)}}
+
+    mine = {"kind": "KVCluster", "name": "demo", "uid": "u1"}
+    assert plan.owned_by(obj(mine), "u1")
+    assert not plan.owned_by(obj({**mine, "uid": "u0"}), "u1")  # an earlier KVCluster of the same name
+    assert not plan.owned_by(obj({**mine, "kind": "Deployment"}), "u1")
+    assert not plan.owned_by({"metadata": {"name": "demo"}}, "u1")
+    assert not plan.owned_by(obj(mine), "")  # no uid known: nothing is ours

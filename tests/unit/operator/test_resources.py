@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from ringkv_operator import plan, resources, settings
 from ringkv_operator import spec as specmod
 
-from .samples import kvcluster
+from .samples import SCHEDULING, kvcluster
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
 
@@ -42,9 +43,8 @@ FULL = {"replicas": 5, "image": "reg/ringkv:0.2", "storage": {"size": "20Gi", "s
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "racks": [{"name": "a", "zone": "eu-1a"}, {"name": "b", "zone": "eu-1b"}, {"name": "c"}],
         "config": {"durability": "batch", "shutdown_timeout_s": 45, "hints_enabled": False}}
-
-
-@pytest.mark.parametrize("spec", [{}, FULL], ids=["defaults", "racks+everything"])
+@pytest.mark.parametrize("spec", [{}, FULL, SCHEDULING, {**SCHEDULING, "antiAffinity": "Preferred"}],
+                         ids=["defaults", "racks+everything", "scheduling+podTemplate", "preferred"])
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_object_passes_kubernetes_validate_strict(spec: dict[str, Any], version: str) -> None:
     _, objects = build(**spec)
@@ -110,7 +110,7 @@ def test_config_map_holds_the_node_settings() -> None:
         "RINGKV_DATA_DIR": "/var/lib/ringkv/data", "RINGKV_CLUSTER_NAME": "db/demo",
         "RINGKV_SEEDS": "demo-0.demo-peers.db.svc:7070,demo-1.demo-peers.db.svc:7070",
         "RINGKV_REPLICATION_FACTOR": "3", "RINGKV_READ_QUORUM": "1", "RINGKV_WRITE_QUORUM": "3",
-        "RINGKV_DURABILITY": "batch", "RINGKV_MEMTABLE_MB": "32",
+        "RINGKV_DRAIN_DELAY_S": "5", "RINGKV_DURABILITY": "batch", "RINGKV_MEMTABLE_MB": "32",
     }
 
 
@@ -166,7 +166,15 @@ def test_grace_period_outlasts_the_nodes_drain() -> None:
     assert by_name(build()[1], "StatefulSet", "demo")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"] == 60
     long = by_name(build(config={"shutdown_timeout_s": 120})[1], "StatefulSet", "demo")
-    assert long["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 150
+    assert long["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120 + 5 + 30  # + drain + flush
+    drain = by_name(build(config={"shutdown_timeout_s": 60, "drain_delay_s": 20})[1], "StatefulSet", "demo")
+    assert drain["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60 + 20 + 30
+
+
+def test_nodes_drain_for_five_seconds_after_sigterm_unless_told_otherwise() -> None:
+    assert by_name(build()[1], "ConfigMap", "demo-config")["data"]["RINGKV_DRAIN_DELAY_S"] == "5"
+    told = by_name(build(config={"drain_delay_s": 0})[1], "ConfigMap", "demo-config")
+    assert told["data"]["RINGKV_DRAIN_DELAY_S"] == "0"
 
 
 def test_volume_claim_template_from_spec_storage() -> None:
@@ -182,15 +190,74 @@ def test_volume_claim_template_from_spec_storage() -> None:
     assert "storageClassName" not in kept["spec"]["volumeClaimTemplates"][0]["spec"]
 
 
-def test_without_racks_pods_spread_over_nodes_and_zones_where_possible() -> None:
+def pod_spec(sts: dict[str, Any]) -> dict[str, Any]:
+    return sts["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_without_racks_no_two_nodes_share_a_kubernetes_node_and_they_spread_over_zones() -> None:
     cluster, objects = build()
-    affinity = by_name(objects, "StatefulSet", "demo")["spec"]["template"]["spec"]["affinity"]
-    assert "nodeAffinity" not in affinity
-    terms = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert [(t["weight"], t["podAffinityTerm"]["topologyKey"]) for t in terms] == [
-        (100, "kubernetes.io/hostname"), (50, "topology.kubernetes.io/zone")]
-    assert all(t["podAffinityTerm"]["labelSelector"]["matchLabels"] == resources.selector_labels(cluster)
-               for t in terms)
+    pod = pod_spec(by_name(objects, "StatefulSet", "demo"))
+    assert pod["affinity"] == {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname",
+         "labelSelector": {"matchLabels": resources.selector_labels(cluster)}}]}}
+    assert pod["topologySpreadConstraints"] == [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": resources.selector_labels(cluster)}}]
+    # nothing the spec did not ask for
+    assert not {"nodeSelector", "tolerations", "priorityClassName", "imagePullSecrets"} & set(pod)
+    assert pod["automountServiceAccountToken"] is False  # the nodes never call the Kubernetes API
+
+
+def test_preferred_anti_affinity_lets_nodes_share_a_kubernetes_node_where_they_must() -> None:
+    cluster, objects = build(antiAffinity="Preferred")
+    assert pod_spec(by_name(objects, "StatefulSet", "demo"))["affinity"] == {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": resources.selector_labels(cluster)}}}]}}
+
+
+def test_racks_run_on_the_nodes_their_zone_and_labels_select_and_never_share_a_node() -> None:
+    cluster, objects = build(**SCHEDULING)
+    a, b = (pod_spec(by_name(objects, "StatefulSet", f"demo-{r}")) for r in "ab")
+    [term] = a["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [  # one term: all of them
+        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-1a"]},
+        {"key": "example.com/power-feed", "operator": "In", "values": ["a"]}]
+    [term] = b["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "node.kubernetes.io/pool", "operator": "In", "values": ["ringkv-b"]}]
+    for pod in (a, b):  # across racks too: the selector is the whole cluster's
+        [anti] = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert anti["labelSelector"] == {"matchLabels": resources.selector_labels(cluster)}
+    assert "topologySpreadConstraints" not in a  # pinned to its zone
+    [spread] = b["topologySpreadConstraints"]  # b has no zone: its own pods spread over zones
+    assert spread["labelSelector"]["matchLabels"] == {**resources.selector_labels(cluster), "ringkv.io/rack": "b"}
+
+
+def test_tolerations_node_selector_priority_and_pull_secrets_reach_every_node_pod() -> None:
+    _, objects = build(**SCHEDULING)
+    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+        pod = pod_spec(sts)
+        assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+        assert pod["tolerations"] == SCHEDULING["tolerations"]
+        assert pod["priorityClassName"] == "stateful-high"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_a_racks_node_labels_follow_it_while_it_is_being_removed() -> None:
+    """A rack dropped from the spec keeps its StatefulSet's template (its nodes are decommissioned one by one;
+    a template change would be a second change at once): its labels come from status.placement."""
+    from ringkv_operator import placement
+
+    racked = {"replicas": 4, "racks": SCHEDULING["racks"]}
+    before = specmod.parse(kvcluster(**racked))
+    placed = placement.record(before)
+    after = specmod.parse({**kvcluster(replicas=4, racks=SCHEDULING["racks"][:1]), "status": {"placement": placed}})
+    after = dataclasses.replace(after, seed_pods=tuple(placed["seeds"]))  # what the handlers do
+    before = dataclasses.replace(before, seed_pods=tuple(placed["seeds"]))
+    rack_b = plan.RackSet("demo-b", 2, "b")
+    built = [resources.statefulset(c, rack_b, plan.desired_shape(before), SETTINGS) for c in (before, after)]
+    assert plan.template_hash(built[0]) == plan.template_hash(built[1])
 
 
 def test_racks_become_one_statefulset_each_pinned_to_its_zone() -> None:

@@ -17,6 +17,15 @@ def test_the_metrics_port_can_move_or_be_turned_off() -> None:
     assert settings.from_env({"RINGKV_OPERATOR_METRICS_PORT": "0"}).metrics_port == 0
 
 
+def test_the_rollout_settings() -> None:
+    got = settings.from_env({})
+    assert (got.rollout_max_pending_hints, got.rollout_settle_seconds, got.rollout_deadline_seconds) == (0, 30, 600)
+    got = settings.from_env({"RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS": "50",
+                             "RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS": "0",
+                             "RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS": "8"})
+    assert (got.rollout_max_pending_hints, got.rollout_settle_seconds, got.rollout_deadline_seconds) == (50, 0, 8)
+
+
 def test_from_the_charts_environment() -> None:
     got = settings.from_env({"RINGKV_OPERATOR_NODE_IMAGE": "reg/ringkv:0.2", "POD_NAMESPACE": "ringkv-system",
                              "RINGKV_OPERATOR_NODE_IMAGE_PULL_POLICY": "Always",
@@ -35,6 +44,9 @@ def test_from_the_charts_environment() -> None:
     ({"RINGKV_OPERATOR_HTTP_TIMEOUT_SECONDS": "soon"}, "not a number"),
     ({"RINGKV_OPERATOR_METRICS_PORT": "65536"}, "METRICS_PORT"),
     ({"RINGKV_OPERATOR_METRICS_PORT": "-1"}, "not a port"),
+    ({"RINGKV_OPERATOR_ROLLOUT_MAX_PENDING_HINTS": "-1"}, "not a count"),
+    ({"RINGKV_OPERATOR_ROLLOUT_SETTLE_SECONDS": "-1"}, "negative"),
+    ({"RINGKV_OPERATOR_ROLLOUT_DEADLINE_SECONDS": "0"}, "positive"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):

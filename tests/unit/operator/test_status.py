@@ -56,7 +56,10 @@ def test_a_healthy_cluster_is_running() -> None:
                                "app.kubernetes.io/name=ringkv")
     assert conditions(got) == {"Available": ("True", "QuorumReachable"), "Progressing": ("False", "Complete"),
                                "Degraded": ("False", "AsExpected"), "Scaling": ("False", "SizeMatchesSpec"),
-                               "Rebalancing": ("False", "Balanced"), "ScalingRefused": ("False", "SizeMatchesSpec")}
+                               "Rebalancing": ("False", "Balanced"), "ScalingRefused": ("False", "SizeMatchesSpec"),
+                               "Paused": ("False", "Reconciling"), "ReconcileError": ("False", "Reconciled")}
+    assert list(conditions(got)) == list(status.CONDITION_TYPES)
+    assert got["rollout"] is None  # no rollout: the merge patch removes a finished one
     assert got["members"][0] == {"nodeId": "demo-0", "pod": "demo-0", "host": "demo-0.demo-peers.db.svc",
                                  "status": "normal", "up": True, "rack": "rack1", "tokens": 16}
     assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] == T0 for c in got["conditions"])
@@ -94,6 +97,19 @@ def test_a_member_down_in_gossip_is_degraded_even_if_pods_are_ready() -> None:
     missing = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
                       members=[member("demo-0"), member("demo-1")])
     assert conditions(missing)["Degraded"] == ("True", "MembersMissing")
+
+
+def test_a_join_abandoned_before_it_took_tokens_is_no_degradation() -> None:
+    """A node added by hand and cut at once, gossip still remembering it `joining` without tokens (its pod is
+    gone): it owns nothing. With tokens, or with its pod still there, it counts."""
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    ghost = {**member("demo-3", up=False, state="joining"), "tokens": 0}
+    got = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                  members=[*(member(n) for n in PODS), ghost])
+    assert got["phase"] == "Running" and conditions(got)["Degraded"][0] == "False"
+    holding = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                      members=[*(member(n) for n in PODS), {**ghost, "tokens": 16}])
+    assert conditions(holding)["Degraded"] == ("True", "MembersDown")
 
 
 def test_a_rollout_is_updating_not_degraded() -> None:
@@ -167,3 +183,68 @@ def test_changed_ignores_keys_the_operator_does_not_write() -> None:
     again = compute(previous=got, now=T1, statefulsets=[sts()], pods=[pod(n) for n in PODS],
                     members=[member(n) for n in PODS])
     assert not status.changed(again, got)  # nothing happened: no write, no new transition times
+
+
+def test_a_rollout_waiting_for_the_ring_says_why_and_a_stuck_one_is_degraded() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    record = {"statefulSet": "demo", "pod": "demo-2", "phase": plan.WAITING, "since": T0, "partition": 2,
+              "message": "before rolling demo-2: demo-0 is not ready", "ringHealthy": False}
+    got = compute(previous=running, now=T1, statefulsets=[sts(template="t2")], pods=[pod(n) for n in PODS],
+                  members=[member(n) for n in PODS], rollout=record)
+    progressing = status.find(got["conditions"], "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("True", "WaitingForRing")
+    assert progressing["message"] == "rolling out a new template: demo; before rolling demo-2: demo-0 is not ready"
+    assert got["phase"] == "Updating" and got["rollout"] == record
+    assert conditions(got)["Degraded"] == ("False", "AsExpected")
+    stuck = compute(previous=got, now=T1, statefulsets=[sts(template="t2")], pods=[pod(n) for n in PODS],
+                    members=[member(n) for n in PODS], rollout={**record, "phase": plan.ROLLING},
+                    stuck="demo-2 has not become ready on the new template for 700 s")
+    degraded = status.find(stuck["conditions"], "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolloutStuck")
+    assert degraded["message"] == "demo-2 has not become ready on the new template for 700 s"
+    assert conditions(stuck)["Progressing"] == ("True", "RollingUpdate")
+    assert status.stuck_message(stuck) == degraded["message"] and status.stuck_message(got) == ""
+
+
+def test_a_paused_cluster_keeps_its_status_with_paused_true() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    held = status.paused(running, 2, T1)
+    assert set(held) == {"conditions"}  # the phase and the rest stay
+    paused = status.find(held["conditions"], "Paused")
+    assert (paused["status"], paused["reason"], paused["lastTransitionTime"]) == ("True", "PausedByAnnotation", T1)
+    assert [c["type"] for c in held["conditions"]].count("Paused") == 1
+    assert status.newly_true(held, running, "Paused") is not None
+    assert not status.changed(status.paused({**running, **held}, 2, T1), {**running, **held})
+    resumed = compute(previous={**running, **held}, now=T1, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                      members=[member(n) for n in PODS])
+    assert conditions(resumed)["Paused"] == ("False", "Reconciling")
+    assert status.is_paused({"metadata": {"annotations": {status.PAUSED_ANNOTATION: "true"}}})
+    assert not status.is_paused({"metadata": {"annotations": {status.PAUSED_ANNOTATION: "false"}}})
+    assert not status.is_paused({"metadata": {}})
+
+
+def test_an_api_error_is_a_condition_until_a_pass_succeeds() -> None:
+    running = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS])
+    message = 'POST /apis/apps/v1/namespaces/db/statefulsets: HTTP 403: statefulsets.apps "demo" is forbidden: ' \
+              "exceeded quota: compute, requested: count/statefulsets.apps=1"
+    failed = status.reconcile_error(running, status.api_error_reason(403, message), message, 1, T1)
+    error = status.find(failed["conditions"], "ReconcileError")
+    assert (error["status"], error["reason"], error["message"]) == ("True", "QuotaExceeded", message)
+    assert status.find(failed["conditions"], "Available") == status.find(running["conditions"], "Available")
+    again = compute(previous={**running, **failed}, now=T1, statefulsets=[sts()], pods=[pod(n) for n in PODS],
+                    members=[member(n) for n in PODS])
+    assert conditions(again)["ReconcileError"] == ("False", "Reconciled")
+    assert [status.api_error_reason(c, "x") for c in (403, 409, 422, 404, 500)] == [
+        "Forbidden", "Conflict", "Invalid", "NotFound", "ApiError"]
+
+
+def test_objects_that_are_not_the_clusters_are_reported() -> None:
+    got = compute(statefulsets=[sts()], pods=[pod(n) for n in PODS], members=[member(n) for n in PODS],
+                  foreign=["StatefulSet demo"])
+    error = status.find(got["conditions"], "ReconcileError")
+    assert (error["status"], error["reason"]) == ("True", "ForeignObject")
+    assert error["message"] == ("StatefulSet demo already exists and is not owned by this KVCluster (no "
+                                "ownerReference with its uid): the operator leaves it alone and builds nothing on "
+                                "it; delete or rename it")
+    assert status.foreign_message(["ConfigMap demo-config", "Service demo"]).startswith(
+        "ConfigMap demo-config, Service demo already exist and are not owned")
