@@ -142,19 +142,24 @@ def test_the_api_answers_not_ready_during_the_replay_and_sigterm_then_stops_clea
     try:
         started = subprocess.Popen(node.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    stdin=subprocess.DEVNULL, env=_node_env())
-        deadline = time.monotonic() + 30
-        while True:  # the listener is up before the replay is over
-            try:
-                health = _get(f"http://127.0.0.1:{port}/health")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and started.poll() is None, "the listener never came up"
-                time.sleep(0.005)
-        assert health[1]["phase"] == "opening storage"
-        status, doc = _get(f"http://127.0.0.1:{port}/api/v1/get?key={keys[0]}")
-        assert (status, doc["error"]) == (503, "not_ready")
-        started.terminate()  # SIGTERM mid-replay: graceful
-        assert started.wait(60) == 0
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # the listener is up before the replay is over
+                try:
+                    health = _get(f"http://127.0.0.1:{port}/health")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and started.poll() is None, "the listener never came up"
+                    time.sleep(0.005)
+            assert health[1]["phase"] == "opening storage"
+            status, doc = _get(f"http://127.0.0.1:{port}/api/v1/get?key={keys[0]}")
+            assert (status, doc["error"]) == (503, "not_ready")
+            started.terminate()  # SIGTERM mid-replay: graceful
+            assert started.wait(60) == 0
+        finally:
+            if started.poll() is None:
+                started.kill()
+                started.wait(10)
         node.start(timeout_s=120)
 
         async def read_back() -> list[Any]:
