@@ -70,6 +70,8 @@ def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> lis
         if m.get("status") == "left":
             continue  # decommissioned or removed: no longer a member, whatever gossip still remembers
         node_id = str(m.get("node_id", ""))
+        if abandoned_join(m, pods):
+            continue  # a join that stopped before it took tokens, its pod gone: never part of the ring
         item: dict[str, Any] = {"nodeId": node_id, "host": str(m.get("host", "")), "status": str(m.get("status", "")),
                                 "up": bool(m.get("up")), "rack": str(m.get("rack", "")),
                                 "tokens": int(m.get("tokens") or 0)}
@@ -80,11 +82,11 @@ def members_summary(members: Sequence[Mapping[str, Any]], pods: set[str]) -> lis
 
 
 def abandoned_join(member: Mapping[str, Any], pods: set[str]) -> bool:
-    """A member gossip still remembers joining, without tokens, down, whose pod is gone: a join that stopped
-    before it took any part of the ring (a node added by hand and cut again at once). It owns nothing and
-    holds no data: no reason to call the cluster degraded."""
+    """A member (as /admin/v1/members gives it) gossip still remembers joining, without tokens, down, whose pod
+    is gone: a join that stopped before it took any part of the ring (a node added by hand and cut again at
+    once). It owns nothing and holds no data: not a member to show, nor a reason to call the cluster degraded."""
     return (member.get("status") == "joining" and not member.get("tokens") and not member.get("up")
-            and member.get("nodeId") not in pods)
+            and str(member.get("node_id", "")) not in pods)
 
 
 def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, reason: str, message: str,
@@ -112,8 +114,7 @@ def compute(spec: specmod.ClusterSpec, decision: plan.Decision, observed: Observ
     not_ready = sorted(expected - {str(p["metadata"]["name"]) for p in pods if plan.pod_ready(p)})
     members = members_summary(observed.members or (), names)
     down = sorted(m["nodeId"] for m in members
-                  if (not m["up"] or m["status"] != "normal") and m["nodeId"] not in moving
-                  and not abandoned_join(m, names))
+                  if (not m["up"] or m["status"] != "normal") and m["nodeId"] not in moving)
     absent = sorted(expected - {m["nodeId"] for m in members}) if observed.members is not None else []
     rollout = sorted({str(s["metadata"]["name"]) for s in observed.statefulsets if plan.rolling(s, pods)}
                      | set(observed.pending_rollout))

@@ -107,6 +107,7 @@ def test_a_join_abandoned_before_it_took_tokens_is_no_degradation() -> None:
     got = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
                   members=[*(member(n) for n in PODS), ghost])
     assert got["phase"] == "Running" and conditions(got)["Degraded"][0] == "False"
+    assert [m["nodeId"] for m in got["members"]] == PODS
     holding = compute(previous=running, statefulsets=[sts()], pods=[pod(n) for n in PODS],
                       members=[*(member(n) for n in PODS), {**ghost, "tokens": 16}])
     assert conditions(holding)["Degraded"] == ("True", "MembersDown")
