@@ -49,7 +49,7 @@ class Settings:
     rollout_deadline_seconds: float = 600.0
 
 
-def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+def _number(environ: Mapping[str, str], name: str, default: float, allow_zero: bool) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -57,22 +57,17 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must not be negative" if allow_zero else f"{name} must be positive")
     return value
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    return _number(environ, name, default, allow_zero=False)
 
 
 def _non_negative(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative")
-    return value
+    return _number(environ, name, default, allow_zero=True)
 
 
 def _count(environ: Mapping[str, str], name: str, default: int) -> int:

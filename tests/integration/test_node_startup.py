@@ -69,6 +69,17 @@ def _load(url: str) -> list[str]:
     return asyncio.run(write())
 
 
+def _assert_readable(url: str, keys: list[str]) -> None:
+    """Every 50th acknowledged write reads back with its value."""
+    sample = keys[:: len(keys) // 50]
+
+    async def read_back() -> list[Any]:
+        async with Client(url) as client:
+            return [(await client.get(k)).value for k in sample]
+
+    assert asyncio.run(read_back()) == [k + "=" + "x" * VALUE_BYTES for k in sample]
+
+
 class Watcher:
     """Polls /health, /ready and /metrics of a starting node from a thread, recording what it saw."""
 
@@ -126,12 +137,7 @@ def test_health_and_metrics_answer_during_a_long_replay_and_ready_waits(tmp_path
         assert 'ringkv_node_mode{mode="starting"} 1.0' in during["metrics"][1]
         assert watcher.seen[-1]["ready"][0] == 200
         assert _get(node.url + "/health")[1]["phase"] == "serving"
-
-        async def read_back() -> list[Any]:
-            async with Client(node.url) as client:
-                return [(await client.get(k)).value for k in keys[:: len(keys) // 50]]
-
-        assert asyncio.run(read_back()) == [k + "=" + "x" * VALUE_BYTES for k in keys[:: len(keys) // 50]]
+        _assert_readable(node.url, keys)
     finally:
         node.kill()
 
@@ -161,12 +167,7 @@ def test_the_api_answers_not_ready_during_the_replay_and_sigterm_then_stops_clea
                 started.kill()
                 started.wait(10)
         node.start(timeout_s=120)
-
-        async def read_back() -> list[Any]:
-            async with Client(node.url) as client:
-                return [(await client.get(k)).value for k in keys[:: len(keys) // 50]]
-
-        assert asyncio.run(read_back()) == [k + "=" + "x" * VALUE_BYTES for k in keys[:: len(keys) // 50]]
+        _assert_readable(node.url, keys)
     finally:
         node.kill()
 
