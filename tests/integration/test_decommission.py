@@ -490,7 +490,8 @@ def test_a_decommissioned_node_restarted_on_its_volume_stays_out_until_wiped(tmp
         assert identity_file(n4)["left"] is True and identity_file(n4)["tokens"] == []
 
         cluster.start(n4)  # the same data directory, as a restarted container
-        wait_until(lambda: http_json(n4.url + "/health")[0] == 200, 30, "n4 answers /health again")
+        # /health answers while storage still opens (503 not_ready on everything else): wait for the node itself
+        wait_until(lambda: http_json(n4.url + "/admin/v1/node")[0] == 200, 30, "n4 has opened its storage again")
         state = admin(n4, "/admin/v1/node")
         assert (state["mode"], state["ready"]) == ("left", False), state
         status, doc = http_json(n4.url + "/ready")
