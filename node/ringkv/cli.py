@@ -57,6 +57,12 @@ def _local(args: argparse.Namespace) -> int:
         auth = (f"--cacert {env['RINGKV_CA_CERT']} -H \"Authorization: Bearer $(cat {env['RINGKV_TOKEN_FILE']})\" "
                 if cluster.secure else "")
         print(f"      curl {auth}'{cluster.nodes[-1].url}/api/v1/getValue?key=hello'")
+        if cluster.secure:
+            print(f"status page: {cluster.nodes[0].url}/ui   (any node serves it; sign in with the admin token in "
+                  f"{env['RINGKV_TOKEN_FILE']}; the browser does not know the cluster CA {env['RINGKV_CA_CERT']}: "
+                  "import it, or accept the warning)")
+        else:
+            print(f"status page: {cluster.nodes[0].url}/ui   (any node serves it)")
         print(f"stop: ringkv local down{dir_flag}")
         return 0
     if action == "env":

@@ -42,7 +42,8 @@ from tests.fuzz import strategies as fs
 from tests.fuzz.internode import REPLY_TIMEOUT_S, Entry, Target, check_reply, corpus, examples, long_run, seeds
 
 METHODS = ("coordinate", "replicate", "read", "store_hint", "aae_hashes", "aae_leaves", "aae_fetch", "aae_push",
-           "aae_reap_check", "aae_prepare", "aae_release", "stream_range", "stream_pull", "ping")
+           "aae_reap_check", "aae_prepare", "aae_release", "stream_range", "stream_pull", "ping",
+           "status")
 GOSSIP = "gossip"
 
 

@@ -18,6 +18,7 @@ from ringkv.cluster import aae, versions
 from ringkv.cluster.ring import token_for
 from ringkv.net import cleanup, decommission, drain, removenode
 from ringkv.net.operations import DONE, Operation
+from ringkv.net.status import ring_views
 
 if TYPE_CHECKING:
     from ringkv.net.node import ClusterNode
@@ -56,18 +57,6 @@ async def ring(request: web.Request) -> web.Response:
     if request.query.get("tokens") == "1":
         body["tokens"] = [[t, o] for t, o in zip(ring.tokens, ring.owners, strict=True)]
     return json_response(body)
-
-
-def ring_views(node: Any) -> dict[str, str]:
-    """The view of the ring (digest, with the future ring's while a change is in flight) each live member
-    gossips; all equal when the cluster agrees."""
-    out = {}
-    for state in node.membership.members.values():
-        if state.node_id == node.node_id:
-            out[state.node_id] = node.view_digest
-        elif node.gossiper.is_up(state.node_id) and state.status.value in ("normal", "leaving"):
-            out[state.node_id] = state.ring
-    return out
 
 
 @admin_routes.get("/admin/v1/node")

@@ -15,6 +15,7 @@ from ringkv.api.admin import admin_routes
 from ringkv.api.errors import error_middleware
 from ringkv.api.metrics import NodeMetrics
 from ringkv.api.routes import routes
+from ringkv.api.ui import ui_routes
 from ringkv.config import NodeConfig
 from ringkv.net.node import ClusterNode
 from ringkv.storage.aio import AsyncEngine
@@ -48,7 +49,7 @@ async def _open(app: web.Application) -> None:
              time.monotonic() - started, config.durability, engine.engine.table_count)
     state.phase = keys.STARTING_NODE
     node = ClusterNode(config, engine, on_transition=metrics.transition, on_refused=metrics.refused,
-                       tls=app[keys.SECURITY].tls)
+                       tls=app[keys.SECURITY].tls, recent=metrics.recent)
     try:
         await node.start()
     except BaseException:
@@ -131,4 +132,5 @@ def create_app(config: NodeConfig, security: auth.Security | None = None) -> web
     app.cleanup_ctx.append(_storage)
     app.add_routes(routes)
     app.add_routes(admin_routes)
+    app.add_routes(ui_routes)
     return app

@@ -5,7 +5,12 @@
     /metrics                                nothing, or `read` with --metrics-auth
     GET /api/v1/get, /api/v1/getValue       read
     POST /api/v1/put, /api/v1/delete        write
+    /ui/login, /ui/login.js, /ui/ui.css     nothing (the status page's sign-in)
     /admin/... and anything else            admin (deny by default: a new route is admin until listed)
+
+The status page (`/ui`) signs a browser in once with an admin token and then holds a session cookie
+(`sessions.py`); the cookie is a credential only for GET/HEAD of `/ui...` and `/admin/...`, never for a
+request that changes something. An unauthenticated `GET /ui` is redirected to the sign-in page.
 
 Admin endpoints share the client port and require the `admin` role, rather than listening on a separate
 port bound to the pod network: in Kubernetes every pod of every namespace shares that network, so a separate
@@ -20,18 +25,21 @@ the principal's name is.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from ringkv.api.errors import error_response
+from ringkv.api.sessions import COOKIE, SessionStore
 from ringkv.config import NodeConfig
 from ringkv.security import identity
 from ringkv.security.tls import NodeTls, TlsFiles
 from ringkv.security.tokens import TokenStore
 
-OPEN_ROUTES = frozenset({"/health", "/ready", "/api/v1/openapi.json"})
+OPEN_ROUTES = frozenset({"/health", "/ready", "/api/v1/openapi.json", "/ui/login", "/ui/login.js", "/ui/ui.css",
+                         "/ui/logout"})
+SESSION_METHODS = frozenset({"GET", "HEAD"})
 READ_ROUTES = frozenset({"/api/v1/get", "/api/v1/getValue"})
 WRITE_ROUTES = frozenset({"/api/v1/put", "/api/v1/delete"})
 
@@ -61,6 +69,7 @@ class Security:
     tokens: TokenStore | None = None
     http_tls: bool = False
     metrics_auth: bool = False
+    sessions: SessionStore = field(default_factory=SessionStore)
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> Security:
@@ -103,6 +112,17 @@ def _unauthorized(code: str, message: str) -> web.Response:
     return response
 
 
+def _session_route(route: str) -> bool:
+    return route == "/ui" or route.startswith(("/ui/", "/admin/"))
+
+
+def _session_principal(request: web.Request, sessions: SessionStore, tokens: TokenStore) -> tuple[str, str] | None:
+    session_id = request.cookies.get(COOKIE)
+    token = sessions.token(session_id) if session_id else None
+    entry = tokens.lookup(token) if token is not None else None
+    return None if entry is None else (entry.name, entry.role)
+
+
 def middleware(security: Security, on_failure: Callable[[str], None]) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The aiohttp middleware enforcing `required_role`; `on_failure(reason)` counts refusals."""
     tokens = security.tokens
@@ -125,6 +145,11 @@ def middleware(security: Security, on_failure: Callable[[str], None]) -> Callabl
             principal = entry.name, entry.role
         elif token is None and request.transport is not None:
             principal = identity.client_role(request.transport.get_extra_info("peercert"), security.cluster)
+        if principal is None and token is None and request.method in SESSION_METHODS and \
+                _session_route(resource.canonical if resource is not None else ""):
+            principal = _session_principal(request, security.sessions, tokens)
+            if principal is None and request.path == "/ui":
+                return web.Response(status=303, headers={"Location": "/ui/login", "Cache-Control": "no-store"})
         if principal is None:
             on_failure("unauthenticated")
             return _unauthorized("unauthenticated", "this needs credentials: an 'Authorization: Bearer <token>' "

@@ -23,6 +23,7 @@ from ringkv.api.auth import Security
 from ringkv.api.errors import ERROR_CODE, Handler
 from ringkv.cluster import topology
 from ringkv.net.node import ClusterNode
+from ringkv.net.recent import RecentRequests
 from ringkv.storage.engine import Engine
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -32,6 +33,9 @@ FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05
 EXCHANGE_RESULTS = ("in_sync", "repaired", "failed", "unavailable", "skipped")  # AntiEntropy's results
 # always exposed (0 when none runs), so the series never vanishes
 OPERATION_KINDS = ("repair", "decommission", "removenode", "cleanup", "drain")
+# client routes whose requests the status page counts (net/recent.py)
+RECENT_KINDS = {"/api/v1/get": "read", "/api/v1/getValue": "read", "/api/v1/put": "write",
+                "/api/v1/delete": "write"}
 
 
 class StorageCollector(Collector):
@@ -338,6 +342,7 @@ class SecurityCollector(Collector):
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.recent = RecentRequests()
         self.storage = StorageCollector()
         self.registry.register(self.storage)
         self.cluster = ClusterCollector()
@@ -385,7 +390,7 @@ class NodeMetrics:
         self.refusals.labels(reason).inc()
 
     def middleware(self) -> Middleware:
-        requests, latency, errors = self.requests, self.latency, self.errors
+        requests, latency, errors, recent = self.requests, self.latency, self.errors, self.recent
 
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -406,7 +411,11 @@ class NodeMetrics:
                 resource = request.match_info.route.resource
                 route = resource.canonical if resource is not None else "unmatched"
                 method = request.method if request.method in KNOWN_METHODS else "other"
+                seconds = time.perf_counter() - started
                 requests.labels(route, method, str(status)).inc()
-                latency.labels(route, method).observe(time.perf_counter() - started)
+                latency.labels(route, method).observe(seconds)
+                kind = RECENT_KINDS.get(route)
+                if kind is not None:
+                    recent.observe(kind, seconds, time.monotonic())
 
         return record

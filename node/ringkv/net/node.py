@@ -40,7 +40,7 @@ from ringkv.cluster.ids import NodeId
 from ringkv.cluster.membership import Membership, MemberState, Status
 from ringkv.cluster.ringview import ring_from_members
 from ringkv.config import NodeConfig
-from ringkv.net import identity, join
+from ringkv.net import identity, join, status
 from ringkv.net.antientropy import AaeSettings, AntiEntropy
 from ringkv.net.coordinator import Coordinator, QuorumSettings
 from ringkv.net.gossip import Gossiper
@@ -48,6 +48,7 @@ from ringkv.net.hints import HintStore
 from ringkv.net.identity import Identity
 from ringkv.net.join import WAIT_LOG_INTERVAL_S
 from ringkv.net.operations import Operations
+from ringkv.net.recent import RecentRequests
 from ringkv.net.streaming import RangeProgress, Streamer
 from ringkv.net.throttle import RateLimiter
 from ringkv.net.transport import Peers, TransportServer
@@ -69,8 +70,9 @@ class ClusterNode:
     def __init__(self, config: NodeConfig, engine: AsyncEngine,
                  on_transition: Callable[[NodeId, bool], None] = lambda n, up: None,
                  on_refused: Callable[[str, str], None] = lambda peer, reason: None,
-                 tls: NodeTls | None = None) -> None:
+                 tls: NodeTls | None = None, recent: RecentRequests | None = None) -> None:
         self.config = config
+        self.recent = recent if recent is not None else RecentRequests()  # filled by the HTTP layer
         self.node_id = NodeId(config.effective_node_id())
         self.engine = engine
         self.replica = Replica(engine, self.node_id, renew_actor=self._renew_actor,
@@ -216,6 +218,7 @@ class ClusterNode:
             "stream_range": self.streamer.handle_stream_range,
             "stream_pull": functools.partial(join.handle_stream_pull, self),
             "ping": self._ping,
+            "status": functools.partial(status.handle_status, self),
         }, on_refused=self._on_refused, tls=self.tls)
         peer_port = await self.server.start(cfg.host, cfg.peer_port)
         self.membership.update_local(peer_port=peer_port)
