@@ -34,6 +34,9 @@ tls-bench:  ## a 3-node cluster's put/get throughput and p99: plaintext, mutual 
 .PHONY: fuzz
 fuzz:  ## the internode fuzz tests (tests/fuzz) with EXAMPLES= examples per test (default 2000: ~8 min), fresh randomness each run
 	bash tools/bootstrap && RINGKV_FUZZ_EXAMPLES=$(or $(EXAMPLES),2000) .venv/bin/python -m pytest -q tests/fuzz --timeout 0
+.PHONY: ui-screenshots
+ui-screenshots:  ## docs/img/ui-*.png: the status page in headless Chromium against a live local cluster (healthy, a node down, a join, a phone)
+	bash tools/bootstrap && RINGKV_UI_SHOTS=docs/img .venv/bin/python -m pytest -q -s tests/integration/test_ui_browser.py
 .PHONY: dashboard-png dashboard
 dashboard:  ## re-render the Grafana dashboard JSON (charts/ringkv/files/dashboards/ringkv.json) from tools/render-dashboard
 	python3 tools/render-dashboard

@@ -136,7 +136,7 @@ function render() {
   const c = state.cluster;
   renderBanners();
   if (!c) return;
-  document.getElementById("cluster-name").textContent = c.cluster_name;
+  document.getElementById("cluster-name").textContent = `cluster ${c.cluster_name}`;
   document.getElementById("served-by").textContent = `as seen by ${c.node_id}`;
   document.getElementById("updated").textContent =
     `updated ${new Date(state.lastOk).toLocaleTimeString()}`;
@@ -166,6 +166,11 @@ function renderBanners() {
     } else if (q.writes_on_stand_ins > 0) {
       add("warn", "Replicas down.", `${q.writes_on_stand_ins} of ${q.ranges} token ranges have fewer than ` +
           `W=${q.write_quorum} replicas up: their writes are held as hints by stand-ins until the replicas return.`);
+    } else if (q.under_replicated > 0) {
+      const down = c.members.filter((m) => !m.up && m.status !== "left").map((m) => m.node_id);
+      add("warn", "Replicas down.", `${down.length ? down.join(", ") + " down: " : ""}${q.under_replicated} of ` +
+          `${q.ranges} token ranges have fewer replicas up than they should. Requests at R=${q.read_quorum} ` +
+          `W=${q.write_quorum} still succeed; writes for the missing replicas are kept as hints.`);
     }
     if (!c.ring.agreed) {
       const views = Object.entries(c.ring.views).map(([n, v]) => `${n} ${String(v).slice(0, 8)}`).join(", ");
@@ -226,11 +231,23 @@ function renderRing() {
     parts.push(svg("line", {x1: x0, y1: y0, x2: x1, y2: y1, class: "key-mark"}));
   }
   ring.replaceChildren(...parts);
+  const primary = primaryShare(tokens || []);
   const legend = c.members.filter((m) => m.status !== "left").map((m) => el("li", {"data-node": m.node_id},
-    swatch(m.node_id), `${m.node_id} ${(m.ownership * 100).toFixed(1)}%`, m.up ? "" : " (down)"));
+    swatch(m.node_id), `${m.node_id} ${((primary.get(m.node_id) || 0) * 100).toFixed(1)}%`, m.up ? "" : " (down)"));
   document.getElementById("legend").replaceChildren(...legend);
   const summary = document.getElementById("ring-summary");
   summary.textContent = tokens ? `${tokens.length} token ranges · ring ${String(c.ring.digest).slice(0, 12)}` : "";
+}
+
+function primaryShare(tokens) {   // node -> fraction of the token space whose ranges it owns (the arcs)
+  const share = new Map();
+  for (let i = 0; i < tokens.length; i += 1) {
+    const [token, owner] = tokens[i];
+    const previous = tokens[(i + tokens.length - 1) % tokens.length][0];
+    const width = tokens.length === 1 ? TWO64 : ((token - previous) % TWO64 + TWO64) % TWO64;
+    share.set(owner, (share.get(owner) || 0) + width / TWO64);
+  }
+  return share;
 }
 
 function renderKey() {
@@ -315,7 +332,8 @@ function renderNodes() {
         (answer.hints.pending ? ` (${Object.entries(answer.hints.targets).map(([t, n]) => `${t}: ${n}`).join(", ")})` : "")
         : "–"}),
       el("dt", {text: "Anti-entropy"}), el("dd", {}, aae ? (aae.enabled
-        ? [el("span", {text: `oldest unverified ${seconds(aae.oldest_unverified_s)} · ${aae.keys_repaired} keys repaired`}),
+        ? [el("span", {text: `least recently verified range: ${seconds(aae.oldest_unverified_s)} ago · ` +
+                                `${aae.keys_repaired} keys repaired`}),
            el("br"), ...verifiedBar(aae.ranges)]
         : "off") : "not started"),
       el("dt", {text: "Storage"}), el("dd", {text: answer.storage
