@@ -117,10 +117,19 @@ def _session_route(route: str) -> bool:
 
 
 def _session_principal(request: web.Request, sessions: SessionStore, tokens: TokenStore) -> tuple[str, str] | None:
+    """The admin a session cookie stands for. A session whose token is no longer an admin token (revoked or
+    demoted) is closed for good: putting the token back does not revive it."""
     session_id = request.cookies.get(COOKIE)
-    token = sessions.token(session_id) if session_id else None
-    entry = tokens.lookup(token) if token is not None else None
-    return None if entry is None else (entry.name, entry.role)
+    if not session_id:
+        return None
+    token = sessions.token(session_id)
+    if token is None:
+        return None
+    entry = tokens.lookup(token)
+    if entry is None or entry.role != "admin":
+        sessions.close(session_id)
+        return None
+    return entry.name, entry.role
 
 
 def middleware(security: Security, on_failure: Callable[[str], None]) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -4,8 +4,9 @@ A browser cannot send `Authorization: Bearer` when it opens a page, so `/ui/logi
 form) and answers with a cookie naming a session: 32 random bytes, kept in this node's memory only (a restart
 or another node asks for the token again), each mapping to the token it was opened with. On every request
 the token is looked up again in the live token store, so revoking or demoting the token ends its sessions at
-the next tokens reload. A session expires `TTL_S` after login; at most `MAX_SESSIONS` live at once (the
-oldest goes first), so logins cannot grow memory.
+the next tokens reload (for good: `auth.py` closes them, so restoring the token does not revive them). A
+session expires `TTL_S` after login; at most `MAX_SESSIONS` live at once (the oldest goes first), so logins
+cannot grow memory.
 
 The cookie is `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's page sends it), `Secure`
 over HTTPS, `Path=/`. And it only ever authorizes `GET`/`HEAD` of `/ui` and `/admin/...` (`auth.py`): every

@@ -83,12 +83,25 @@ async def login_form(request: web.Request) -> web.Response:
     return _page("login.html", replace={"{{error}}": ""})
 
 
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body up to `limit` bytes, however many pieces it arrives in (`read(n)` answers with what is there)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 @ui_routes.post("/ui/login")
 async def login(request: web.Request) -> web.Response:
     security = request.app[keys.SECURITY]
     if not security.secure or security.tokens is None:
         raise web.HTTPSeeOther("/ui")
-    raw = await request.content.read(MAX_LOGIN_BYTES + 1)
+    raw = await _read_at_most(request, MAX_LOGIN_BYTES + 1)
     form = {}
     if len(raw) <= MAX_LOGIN_BYTES and request.content_type == "application/x-www-form-urlencoded":
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items() if v}
