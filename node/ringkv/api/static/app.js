@@ -331,11 +331,11 @@ function renderNodes() {
       el("dt", {text: "Hints"}), el("dd", {text: answer.hints ? `${answer.hints.pending} pending` +
         (answer.hints.pending ? ` (${Object.entries(answer.hints.targets).map(([t, n]) => `${t}: ${n}`).join(", ")})` : "")
         : "–"}),
-      el("dt", {text: "Anti-entropy"}), el("dd", {}, aae ? (aae.enabled
-        ? [el("span", {text: `least recently verified range: ${seconds(aae.oldest_unverified_s)} ago · ` +
+      el("dt", {text: "Anti-entropy"}), el("dd", {}, aae ? (!aae.enabled ? "off" : !aae.ranges.length
+        ? "no ranges to verify yet"
+        : [el("span", {text: `least recently verified range: ${seconds(aae.oldest_unverified_s)} ago · ` +
                                 `${aae.keys_repaired} keys repaired`}),
-           el("br"), ...verifiedBar(aae.ranges)]
-        : "off") : "not started"),
+           el("br"), ...verifiedBar(aae.ranges)]) : "not started"),
       el("dt", {text: "Storage"}), el("dd", {text: answer.storage
         ? `${answer.storage.sstables} SSTables · ${bytes(answer.storage.sstable_bytes)} · memtable ${bytes(answer.storage.memtable_bytes)}`
         : "–"}));
