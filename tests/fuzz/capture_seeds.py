@@ -9,7 +9,8 @@ each method go over the wire: writes (`coordinate` forwards, `replicate`), reads
 a fallback (`store_hint`, sent as the coordinator sends it), an anti-entropy repair of a diverged key
 (`aae_hashes`, `aae_leaves`, `aae_fetch`, `aae_push`), the verification of a range (`aae_prepare`,
 `aae_release`), a tombstone reap (`aae_reap_check`), a range stream (`stream_range`), a pull on behalf of a
-removenode (`stream_pull`, sent as removenode sends it) and a `ping`; gossip runs by itself.
+removenode (`stream_pull`, sent as removenode sends it), a `ping` and the status page's `status`; gossip runs
+by itself.
 
 The smallest few distinct bodies of each method are written to `corpus/internode/requests/` as
 `seed-<method>-<n>.msgpack` (the msgpack of `[method, body]`); older `seed-*` files are replaced, every other
@@ -32,6 +33,7 @@ import msgpack
 
 from ringkv.cluster import versions
 from ringkv.config import NodeConfig
+from ringkv.net import status
 from ringkv.net.node import ClusterNode
 from ringkv.net.streaming import RangeProgress
 from ringkv.storage.aio import AsyncEngine
@@ -108,6 +110,7 @@ async def capture(root: Path) -> dict[str, list[Any]]:
         encoded = versions.encode_record(written)
         await a.coordinator.call(b.node_id, "store_hint", {"target": c.node_id, "key": key, "record": encoded})
         await a.coordinator.call(b.node_id, "ping", {})
+        await status.cluster_status(a)  # `status` to every member, as the status page's poll sends it
 
         # a key b holds and a lacks (among a's ranges that b replicates too), and a deleted one, then a repair
         assert a.antientropy is not None and b.antientropy is not None
