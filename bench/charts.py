@@ -33,7 +33,9 @@ def latency_percentiles(data: Mapping[str, Mapping[str, Mapping[str, float]]], p
     for ax, workload in zip(axes[0], workloads, strict=True):
         for system, values in data[workload].items():
             ys = [values[label] for label in labels]
-            ax.plot(range(len(labels)), ys, marker="o", label=system, color=COLORS.get(system))
+            name, _, driver = system.partition(" (")  # "ringkv (wrk)": colour by system, dashed for ringkv bench
+            ax.plot(range(len(labels)), ys, marker="o", label=system, color=COLORS.get(name),
+                    linestyle="--" if "bench" in driver else "-")
             ax.annotate(f"{ys[-1]:.1f}", (len(labels) - 1, ys[-1]), textcoords="offset points", xytext=(4, 0),
                         fontsize=7, va="center")
         ax.set_xticks(range(len(labels)), labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -120,6 +121,20 @@ def test_compare_measures_ringkv_and_writes_the_doc(compare: CompareRun) -> None
     for workload in ("put", "get", "mixed"):
         assert f"| {workload} | ringkv | {workload if workload != 'mixed' else 'put'} |" in doc
     assert "ringkv/etcd" in doc or "etcd: skipped" in doc
+    # the CPU each server process spent per operation, one column entry per node
+    assert "server processes: CPU µs/op" in doc
+    assert re.search(r"\| put \| ringkv bench \| ringkv \| [\d,]+ \| n\d [\d,]+, n\d [\d,]+, n\d [\d,]+ \|", doc), doc
+
+
+def test_compare_drives_ringkv_with_wrk_too(compare: CompareRun) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk): compare.py ran ringkv bench only")
+    for workload in ("put", "get", "mixed"):
+        row = re.search(rf"\| {workload} \| wrk \| ringkv \| ([\d,]+) \| (n\d [\d,]+(, )?){{3}} \| [\d,]+ \| [\d,]+ \| "
+                        rf"\d+% \| (\S+) \|", compare.doc)
+        assert row, compare.doc
+        assert int(row.group(1).replace(",", "")) > 0
+        assert row.group(4) == "0", f"wrk saw errors: {row.group(0)}"  # non-2xx answers would flatter the figure
 
 
 def test_compare_chart(compare: CompareRun) -> None:

@@ -46,6 +46,18 @@ def run(plan: BenchPlan, label: str = "", show_progress: bool = True, stream: Te
         progress.finish()
 
 
+def preload(plan: BenchPlan, label: str = "", show_progress: bool = True, stream: TextIO | None = None) -> None:
+    """Write every key of `plan` once (what `plan.preload` does before a run), on its own: another load generator
+    (wrk) then reads them."""
+    progress = Progress(label or plan.target, plan, stream, show_progress)
+    try:
+        failed = _run_async(_preload(plan, progress))
+    finally:
+        progress.finish()
+    if failed:
+        raise BenchError(f"preload: {failed} of {plan.keys} writes failed")
+
+
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=runner.loop_factory()) as r:
         return r.run(coro)
