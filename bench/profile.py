@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 wrk.run_wrk(wrk_binary, system.urls, script, args.connections, args.warmup)
             wanted = {n.strip() for n in args.nodes.split(",") if n.strip()}
             pids = {name: pid for pid, name in system.names.items() if name in wanted}
-            result: dict[str, object] = {}
+            result: dict[str, tuple[list[wrk.WrkResult], list[int]]] = {}
 
             def load() -> None:
                 result["wrk"] = wrk.run_wrk(wrk_binary, system.urls, script, args.connections, args.duration + 2)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 spy.wait()
             loader.join()
             used = cpu.since(before)
-            results, _ = result["wrk"]  # type: ignore[misc]
+            results, _ = result["wrk"]
             combined = wrk.combine(results)
             per_node = ", ".join(f"{system.names[pid]} {s * 1e6 / max(1, combined.ok):,.0f}"
                                  for pid, s in sorted(used.processes.items(), key=lambda kv: system.names[kv[0]]))
