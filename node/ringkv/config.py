@@ -30,6 +30,7 @@ class NodeConfig:
     node_id: str = ""  # default: the host name
     durability: str = Durability.SYNC.value
     memtable_mb: float = 8.0
+    block_cache_mb: float = 64.0
     max_request_bytes: int = 64 * 1024
     log_format: str = "text"  # text | json
     log_level: str = "info"
@@ -154,6 +155,7 @@ _HELP = {
     "node_id": "stable node identity (default: host name)",
     "durability": "commit-log durability: sync (fsync before ack), batch (fsync every 2 ms), off",
     "memtable_mb": "memtable size before it is flushed to an SSTable",
+    "block_cache_mb": "SSTable blocks kept in memory (reads of cached blocks need no I/O and no thread); 0: none",
     "max_request_bytes": "largest request body accepted (checked before parsing)",
     "log_format": "text or json",
     "log_level": "debug, info, warning, error",

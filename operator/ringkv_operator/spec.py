@@ -28,7 +28,7 @@ PLURAL = "kvclusters"
 # replication_factor, read_quorum, write_quorum, tokens, rack, replace_node (per node, when one is replaced),
 # and security: insecure, certs_dir, tokens_file, http_tls.
 CONFIG_KEYS = frozenset({
-    "durability", "memtable_mb", "max_request_bytes", "log_format", "log_level", "shutdown_timeout_s",
+    "durability", "memtable_mb", "block_cache_mb", "max_request_bytes", "log_format", "log_level", "shutdown_timeout_s",
     "drain_delay_s",
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",
     "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s", "suspect_after_s",

@@ -34,6 +34,7 @@ async def _open(app: web.Application) -> None:
     options = EngineOptions(
         durability=Durability(config.durability),
         memtable_bytes=int(config.memtable_mb * 1024 * 1024),
+        block_cache_bytes=int(config.block_cache_mb * 1024 * 1024),
         on_fsync=metrics.fsync.observe,
     )
     started = time.monotonic()

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 
 from ringkv.errors import EngineClosedError, StorageError
 from ringkv.storage import compaction, manifest
+from ringkv.storage.cache import BlockCache
 from ringkv.storage.entry import Entry
 from ringkv.storage.iterators import live, merge_newest
 from ringkv.storage.memtable import Memtable
@@ -60,6 +61,7 @@ class EngineOptions:
     max_immutable_memtables: int = 4
     block_bytes: int = 4096
     bloom_bits_per_key: float = 10.0
+    block_cache_bytes: int = 64 * 1024 * 1024  # 0: no block cache (every SSTable read is a pread, in a thread)
     tombstone_grace_s: float = 10 * 24 * 3600.0
     compaction: compaction.CompactionPolicy = field(default_factory=compaction.CompactionPolicy)
     background_compaction: bool = True
@@ -97,6 +99,7 @@ class Engine:
     def __init__(self, path: str, options: EngineOptions) -> None:
         self.path = path
         self.options = options
+        self.cache = BlockCache(options.block_cache_bytes) if options.block_cache_bytes > 0 else None
         self.stats = EngineStats()
         self._write_lock = threading.Lock()
         self._view_lock = threading.Lock()  # guards replacing `_view` and the file counter
@@ -137,7 +140,7 @@ class Engine:
         found = []
         for t in state.tables:
             try:
-                found.append(SSTableReader(os.path.join(self.path, table_name(t)), t))
+                found.append(SSTableReader(os.path.join(self.path, table_name(t)), t, self.cache))
             except FileNotFoundError:  # deleted behind our back: open with what is left, and say so
                 log.error("storage: table %s named by the manifest is missing; its data is lost", table_name(t))
                 self.lost_tables.append(t)
@@ -204,7 +207,8 @@ class Engine:
     def _write_table(self, table_id: int, entries: Iterator[Entry],
                      drop: Callable[[Entry], bool] | None = None) -> SSTableReader | None:
         """Write entries (sorted, unique keys) to a new table; None if nothing was left to write."""
-        writer = SSTableWriter(self.path, table_id, self.options.block_bytes, self.options.bloom_bits_per_key)
+        writer = SSTableWriter(self.path, table_id, self.options.block_bytes, self.options.bloom_bits_per_key,
+                               self.cache)
         try:
             for entry in entries:
                 if drop is None or not drop(entry):
@@ -216,7 +220,7 @@ class Engine:
         except BaseException:
             writer.abort()
             raise
-        return SSTableReader(info.path, table_id)
+        return SSTableReader(info.path, table_id, self.cache)
 
     # -- writes ----------------------------------------------------------------------------------------
 
@@ -328,6 +332,23 @@ class Engine:
             stats.bloom_false_positives += 1
         return None
 
+    def read_tables_cached(self, key: bytes, tables: list[SSTableReader]) -> tuple[bool, Entry | None]:
+        """`(True, read_tables(key, tables))` when every block it needs is in the block cache (no I/O: an event
+        loop may call it); `(False, None)` as soon as one is not."""
+        stats = self.stats
+        misses = 0
+        for table in tables:
+            resolved, entry = table.get_cached(key)
+            if not resolved:
+                return False, None  # nothing counted: `read_tables` will count this read
+            if entry is not None:
+                stats.bloom_positives += 1
+                stats.bloom_false_positives += misses
+                return True, entry
+            misses += 1
+        stats.bloom_false_positives += misses
+        return True, None
+
     def get(self, key: bytes) -> bytes | None:
         """The current value of `key`, or None when absent or deleted."""
         if self._closed:
@@ -420,6 +441,8 @@ class Engine:
                 self._store_manifest(self._view.tables, log_floor=floor)
             for table in run:
                 os.unlink(table.path)  # open readers keep working; the fd closes when they are dropped
+                if self.cache is not None:
+                    self.cache.drop_table(table.info.table_id)
             self.stats.compactions += 1
             self.stats.compaction_bytes_written += 0 if merged is None else merged.info.size_bytes
             return True

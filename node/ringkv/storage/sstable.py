@@ -15,7 +15,10 @@ A table is written under `NAME.tmp`, fsynced, renamed to `NAME`, and the directo
 leaves either no table or a whole one; the manifest decides whether a table is live.
 
 Reading: the index and the bloom filter are loaded at open; a point read asks the filter, bisects the index
-and reads one block with `pread`. Any checksum or structure failure raises `CorruptionError` naming the file.
+and reads one block with `pread`, or takes it from the block cache (`storage/cache.py`) when one is given:
+point reads fill the cache, scans use cached blocks but do not fill it (a compaction or an anti-entropy scan
+would otherwise evict every hot block), and a writer given the cache puts its blocks there as it writes them.
+Any checksum or structure failure raises `CorruptionError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from ringkv.errors import CorruptionError
 from ringkv.storage.block import Block, BlockBuilder, BlockError
 from ringkv.storage.bloom import BloomFilter
+from ringkv.storage.cache import BlockCache
 from ringkv.storage.entry import Entry
 from ringkv.storage.fsutil import fsync_dir
 
@@ -64,9 +68,11 @@ class SSTableWriter:
     """Writes one table. Entries must be added in strictly increasing key order."""
 
     def __init__(
-        self, directory: str, table_id: int, block_bytes: int = 4096, bits_per_key: float = 10.0
+        self, directory: str, table_id: int, block_bytes: int = 4096, bits_per_key: float = 10.0,
+        cache: BlockCache | None = None,
     ) -> None:
         self.table_id = table_id
+        self._cache = cache
         self.path = os.path.join(directory, table_name(table_id))
         self._tmp = self.path + ".tmp"
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
@@ -108,6 +114,8 @@ class SSTableWriter:
         last = self._block.last_key
         assert last is not None
         data = self._block.finish()
+        if self._cache is not None:
+            self._cache.put(self.table_id, len(self._index), Block(data), len(data))
         self._buffer += data
         if len(self._buffer) >= 1 << 20:
             self._file.write(self._buffer)
@@ -155,6 +163,8 @@ class SSTableWriter:
         )
 
     def abort(self) -> None:
+        if self._cache is not None:
+            self._cache.drop_table(self.table_id)
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
@@ -163,8 +173,9 @@ class SSTableWriter:
 class SSTableReader:
     """An open table: footer, index and filter in memory; blocks read on demand."""
 
-    def __init__(self, path: str, table_id: int) -> None:
+    def __init__(self, path: str, table_id: int, cache: BlockCache | None = None) -> None:
         self.path = path
+        self._cache = cache
         fd = os.open(path, os.O_RDONLY)
         self._fd = fd
         self._finalizer = weakref.finalize(self, os.close, fd)
@@ -228,7 +239,18 @@ class SSTableReader:
     def close(self) -> None:
         self._finalizer()
 
-    def _read_block(self, i: int) -> Block:
+    def _read_block(self, i: int, fill_cache: bool = True) -> Block:
+        cache = self._cache
+        if cache is not None:
+            block = cache.get(self.info.table_id, i)
+            if block is not None:
+                return block
+        block = self._load_block(i)
+        if cache is not None and fill_cache:
+            cache.put(self.info.table_id, i, block, self._blocks[i][1])
+        return block
+
+    def _load_block(self, i: int) -> Block:
         off, length = self._blocks[i]
         try:
             data = os.pread(self._fd, length, off)
@@ -251,12 +273,26 @@ class SSTableReader:
         except (struct.error, IndexError):
             raise self._corrupt(f"block {i} is malformed") from None
 
+    def get_cached(self, key: bytes) -> tuple[bool, Entry | None]:
+        """`(True, get(key))` when the block that may hold `key` is cached (no I/O); `(False, None)` when
+        answering would need a read."""
+        i = bisect.bisect_left(self._last_keys, key)
+        if i == len(self._blocks):
+            return True, None
+        block = None if self._cache is None else self._cache.get(self.info.table_id, i)
+        if block is None:
+            return False, None
+        try:
+            return True, block.get(key)
+        except (struct.error, IndexError):
+            raise self._corrupt(f"block {i} is malformed") from None
+
     def entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
-        """Entries with start <= key < end, in key order."""
+        """Entries with start <= key < end, in key order (cached blocks are used; read ones are not cached)."""
         i = 0 if start is None else bisect.bisect_left(self._last_keys, start)
         for b in range(i, len(self._blocks)):
             try:
-                for entry in self._read_block(b).entries(start if b == i else None):
+                for entry in self._read_block(b, fill_cache=False).entries(start if b == i else None):
                     if end is not None and entry.key >= end:
                         return
                     yield entry
