@@ -52,6 +52,8 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT_PER_CONNECTION = 512
 MAX_CONNECTIONS = 1024  # open internode connections a listener holds at most (peers hold one or two each)
 MAX_PENDING_CALLS = 4096  # per peer: past this a call fails at once instead of queueing without bound
+READ_CHUNK_BYTES = 256 * 1024
+WRITE_HIGH_WATER = 1024 * 1024  # bytes buffered for a peer before a sender waits for the socket
 _LEN = struct.Struct(">I")
 _REQUEST, _RESPONSE = 0, 1
 
@@ -99,6 +101,86 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     if length > MAX_FRAME_BYTES:
         raise TransportError(f"frame of {length} bytes is over the limit")
     return msgpack.unpackb(await reader.readexactly(length), raw=False)
+
+
+class _FrameReader:
+    """The frames of a stream read in chunks: one read (one wake-up of the reading task) yields every frame
+    complete in it, instead of two `readexactly` calls per frame. A frame that fails to decode ends the
+    stream, after the frames before it were handed out."""
+
+    __slots__ = ("_buf", "_error", "_reader")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+        self._error: BaseException | None = None
+
+    async def frames(self) -> list[Any]:
+        while True:
+            frames = self._parse()
+            if frames:
+                return frames
+            if self._error is not None:
+                raise self._error
+            chunk = await self._reader.read(READ_CHUNK_BYTES)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buf), None)
+            self._buf += chunk
+
+    def _parse(self) -> list[Any]:
+        if self._error is not None:
+            return []
+        buf, out, pos = self._buf, [], 0
+        size = len(buf)
+        try:
+            while size - pos >= 4:
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length > MAX_FRAME_BYTES:
+                    raise TransportError(f"frame of {length} bytes is over the limit")
+                end = pos + 4 + length
+                if end > size:
+                    break
+                out.append(msgpack.unpackb(buf[pos + 4 : end], raw=False))
+                pos = end
+        except (TransportError, ValueError, msgpack.UnpackException) as e:
+            self._error = e
+        if pos:
+            del buf[:pos]
+        return out
+
+
+class _FrameWriter:
+    """Frames queued during one event-loop iteration go out in one write (one syscall) at its end: replies
+    released by one group-commit fsync, requests sent by the writes it acknowledged."""
+
+    __slots__ = ("_loop", "_queued", "_scheduled", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._queued: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, frame: bytes) -> None:
+        self._queued.append(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queued, self._queued = self._queued, []
+        if not self.writer.is_closing():
+            self.writer.write(queued[0] if len(queued) == 1 else b"".join(queued))
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def drain(self) -> None:
+        """Wait for the socket when the peer reads slower than we write (beyond `WRITE_HIGH_WATER`)."""
+        if self.writer.transport.get_write_buffer_size() + sum(map(len, self._queued)) > WRITE_HIGH_WATER:
+            self._flush()
+            await self.writer.drain()
 
 
 class TransportServer:
@@ -238,21 +320,22 @@ class TransportServer:
     async def _dispatch_loop(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         slots = asyncio.Semaphore(MAX_CONCURRENT_PER_CONNECTION)
         running: set[asyncio.Task[None]] = set()
+        frames, out = _FrameReader(reader), _FrameWriter(writer)
         try:
             while True:
-                frame = await _read_frame(reader)
-                if not (isinstance(frame, list) and len(frame) == 4 and frame[0] == _REQUEST
-                        and type(frame[1]) is int and isinstance(frame[2], str)):
-                    raise TransportError("malformed request frame")  # no id to answer: the connection goes
-                await slots.acquire()
-                task = asyncio.create_task(self._answer(peer, frame[1], frame[2], frame[3], writer, slots))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                for frame in await frames.frames():
+                    if not (isinstance(frame, list) and len(frame) == 4 and frame[0] == _REQUEST
+                            and type(frame[1]) is int and isinstance(frame[2], str)):
+                        raise TransportError("malformed request frame")  # no id to answer: the connection goes
+                    await slots.acquire()
+                    task = asyncio.create_task(self._answer(peer, frame[1], frame[2], frame[3], out, slots))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             for task in running:
                 task.cancel()
 
-    async def _answer(self, peer: str, request_id: int, method: str, body: Any, writer: asyncio.StreamWriter,
+    async def _answer(self, peer: str, request_id: int, method: str, body: Any, out: _FrameWriter,
                       slots: asyncio.Semaphore) -> None:
         try:
             handler = self.handlers.get(method)
@@ -266,13 +349,13 @@ class TransportServer:
                 except Exception as e:
                     log.exception("internode %s from %s failed", method, peer)
                     reply = [_RESPONSE, request_id, False, ["internal_error", repr(e), {}]]
-            if not writer.is_closing():
+            if not out.is_closing():
                 try:
                     frame = _pack(reply)
                 except TransportError as e:  # fail this call, not every call sharing the connection
                     frame = _pack([_RESPONSE, request_id, False, ["frame_too_large", str(e), {}]])
-                writer.write(frame)
-                await writer.drain()
+                out.write(frame)
+                await out.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -305,6 +388,7 @@ class PeerClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._out: _FrameWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
         self.remote_node: str | None = None
@@ -359,27 +443,30 @@ class PeerClient:
             self.remote_node = str(answer.get("node"))
             self.last_heard = time.monotonic()
             self._writer = writer
+            self._out = _FrameWriter(writer)
             self._reader_task = asyncio.create_task(self._read_responses(reader))
             return writer
 
     async def _read_responses(self, reader: asyncio.StreamReader) -> None:
         error: BaseException = TransportError(f"connection to {self.host}:{self.port} closed")
+        frames = _FrameReader(reader)
         try:
             while True:
-                frame = await _read_frame(reader)
-                if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _RESPONSE:
-                    raise TransportError("malformed response frame")
+                batch = await frames.frames()
                 self.last_heard = time.monotonic()
-                future = self._pending.pop(frame[1], None)
-                if future is None or future.done():
-                    continue
-                if frame[2]:
-                    future.set_result(frame[3])
-                else:
-                    code, message, details = frame[3]
-                    future.set_exception(RemoteError(str(code), str(message), dict(details)))
+                for frame in batch:
+                    if not isinstance(frame, list) or len(frame) != 4 or frame[0] != _RESPONSE:
+                        raise TransportError("malformed response frame")
+                    future = self._pending.pop(frame[1], None)
+                    if future is None or future.done():
+                        continue
+                    if frame[2]:
+                        future.set_result(frame[3])
+                    else:
+                        code, message, details = frame[3]
+                        future.set_exception(RemoteError(str(code), str(message), dict(details)))
         except (asyncio.IncompleteReadError, ConnectionError, TransportError, msgpack.UnpackException,
-                ValueError) as e:
+                ValueError, TypeError) as e:
             error = TransportError(f"connection to {self.host}:{self.port} lost: {e!r}")
         except asyncio.CancelledError:
             pass
@@ -387,6 +474,7 @@ class PeerClient:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+                self._out = None
             pending, self._pending = self._pending, {}
             for future in pending.values():
                 if not future.done():
@@ -394,25 +482,37 @@ class PeerClient:
 
     async def call(self, method: str, body: Any, timeout_s: float) -> Any:
         """Send one request and await its answer; TransportError on connection trouble or timeout
-        (`NotDeliveredError` when the request certainly never reached the peer)."""
+        (`NotDeliveredError` when the request certainly never reached the peer). Connected (the usual case),
+        a call costs no task and no timeout context: its frame joins this iteration's write, and a timer
+        fails its future if no answer comes in time."""
         if len(self._pending) >= MAX_PENDING_CALLS:
             raise NotDeliveredError(f"{len(self._pending)} calls to {self.host}:{self.port} are in flight already")
         request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
         frame = _pack([_REQUEST, request_id, method, body])
-        sent = False
+        deadline = loop.time() + timeout_s
         self._sent_at[request_id] = time.monotonic()
         try:
-            async with asyncio.timeout(timeout_s):
-                writer = await self._connect()
-                self._pending[request_id] = future
-                sent = True
-                writer.write(frame)
-                await writer.drain()
+            out = self._out
+            if out is None or out.is_closing():
+                try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation
+                    async with asyncio.timeout_at(deadline):
+                        await self._connect()
+                except TimeoutError:
+                    raise NotDeliveredError(f"{method} to {self.host}:{self.port} timed out after {timeout_s}s "
+                                            "while connecting") from None
+                out = self._out
+                if out is None:
+                    raise NotDeliveredError(f"{method} to {self.host}:{self.port}: the connection closed at once")
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending[request_id] = future
+            out.write(frame)
+            timer = loop.call_at(deadline, _expire, future, method, self.host, self.port, timeout_s)
+            try:
+                await out.drain()
                 return await future
-        except TimeoutError:
-            error = TransportError if sent else NotDeliveredError
-            raise error(f"{method} to {self.host}:{self.port} timed out after {timeout_s}s") from None
+            finally:
+                timer.cancel()
         except ConnectionError as e:
             raise TransportError(f"{method} to {self.host}:{self.port} failed: {e!r}") from None
         finally:
@@ -428,6 +528,12 @@ class PeerClient:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._out = None
+
+
+def _expire(future: asyncio.Future[Any], method: str, host: str, port: int, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(TransportError(f"{method} to {host}:{port} timed out after {timeout_s}s"))
 
 
 class Peers:
