@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bench import charts, cpu, wrk
@@ -195,13 +195,14 @@ class Running:
 
 
 @contextlib.contextmanager
-def ringkv_cluster(root: str, taken: set[int]) -> Iterator[Running]:
+def ringkv_cluster(root: str, taken: set[int], node_args: Sequence[str] = ()) -> Iterator[Running]:
     data_dir = os.path.join(root, "ringkv")
     base = ringkv_base_port(3, taken)
     log(f"starting ringkv: 3 nodes on ports {base}-{base + 2}, data in {data_dir}")
     try:
         cluster = local.up(data_dir, nodes=3, base_port=base, replication=3, durability="sync",
-                           extra_args=["--write-quorum", "2", "--read-quorum", "2", "--log-level", "warning"])
+                           extra_args=["--write-quorum", "2", "--read-quorum", "2", "--log-level", "warning",
+                                       *node_args])
         yield Running("ringkv", "ringkv", tuple(n.url for n in cluster.nodes),
                       f"ringkv {__version__}: 3 nodes, RF 3, W 2, R 2, durability sync",
                       tuple(n.pid for n in cluster.nodes), {n.pid: n.node_id for n in cluster.nodes})
@@ -388,7 +389,7 @@ def run(args: argparse.Namespace) -> Measured:
     try:
         for name in args.systems:
             if name == "ringkv":
-                with ringkv_cluster(root, taken) as running:
+                with ringkv_cluster(root, taken, shlex.split(args.ringkv_args)) as running:
                     measure(running, args, out, wrk_binary)
                 continue
             binary_name = "etcd" if name == "etcd" else "redis-server"
@@ -614,6 +615,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--distribution", choices=["uniform", "zipfian"], default="uniform", help="key choice")
     p.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ringkv-args", default="", help="extra `ringkv node` flags for the ringkv nodes (experiments)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of ringkv,etcd,redis")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of put,get,mixed")
     p.add_argument("--no-install", dest="install", action="store_false",

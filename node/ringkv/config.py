@@ -51,6 +51,8 @@ class NodeConfig:
     rack: str = "rack1"
     request_timeout_s: float = 2.0
     suspect_after_s: float = 0.3
+    read_repair_chance: float = 0.1
+    speculative_read_ms: float = 50.0
     ring_wait_s: float = 30.0
     gossip_interval_s: float = 1.0
     phi_threshold: float = 8.0
@@ -125,6 +127,8 @@ class NodeConfig:
             raise ValueError("tombstone_grace_s, aae_mb_s and drain_delay_s may not be negative")
         if self.insecure and (self.http_tls or self.metrics_auth):
             raise ValueError("http_tls and metrics_auth need security: drop --insecure and give --certs-dir")
+        if not 0 <= self.read_repair_chance <= 1 or self.speculative_read_ms < 0:
+            raise ValueError("read_repair_chance must be between 0 and 1 and speculative_read_ms not negative")
         if self.security_reload_s <= 0:
             raise ValueError("security_reload_s must be positive")
         if self.http_max_connections < 1 or self.http_header_timeout_s <= 0 or self.http_keepalive_s <= 0 \
@@ -177,6 +181,8 @@ _HELP = {
     "rack": "rack name (placement spreads replicas across racks)",
     "request_timeout_s": "timeout of one replica request",
     "suspect_after_s": "a peer that has answered nothing for this long while a call waits is tried last",
+    "read_repair_chance": "share of reads that ask every replica instead of R (background read repair), 0..1",
+    "speculative_read_ms": "a read without R answers after this long asks one more replica (0: only on a failure)",
     "gossip_interval_s": "seconds between gossip rounds",
     "phi_threshold": "phi accrual failure detector conviction threshold",
     "hints_enabled": "keep hints for replicas that are down (hinted handoff)",

@@ -36,13 +36,13 @@ Rules this module keeps, so that a dot is never issued twice (see `docs/consiste
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import msgpack
@@ -108,33 +108,61 @@ class Change(NamedTuple):
 
 
 class KeyLocks:
-    """One asyncio lock per key in use; entries disappear when nobody holds or waits for them."""
+    """One mutex per key in use, without an `asyncio.Lock` per key: a key held is an entry holding the futures
+    of those waiting for it (in arrival order); a free key has no entry. Release hands the key straight to the
+    first waiter still waiting, so it cannot be overtaken."""
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+        self._waiters: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: bytes) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: bytes) -> _Held:
+        """`async with locks.hold(key):` holds `key` for the block."""
+        return _Held(self, key)
+
+    async def acquire(self, key: bytes) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            self._waiters[key] = collections.deque()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(key)  # handed the key as we were cancelled: pass it on
             else:
-                self._locks[key] = (lock, users - 1)
+                waiters.remove(future)
+            raise
+
+    def release(self, key: bytes) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the key is theirs now
+                return
+        del self._waiters[key]
 
     def busy(self, key: bytes) -> bool:
-        """Whether someone holds or waits for `key`'s lock."""
-        return key in self._locks
+        """Whether someone holds or waits for `key`."""
+        return key in self._waiters
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._waiters)
+
+
+class _Held:
+    __slots__ = ("_key", "_locks")
+
+    def __init__(self, locks: KeyLocks, key: bytes) -> None:
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        await self._locks.acquire(self._key)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._locks.release(self._key)
 
 
 class Quarantine:
@@ -217,6 +245,13 @@ class Replica:
         return await self.engine.write(storage_key(key), encoded,
                                        lambda seq: self._changed(Change(key, old, encoded, seq, deleted_at_ms)))
 
+    def _engine_write_nowait(self, key: bytes, encoded: bytes | None, old: bytes | None,
+                             deleted_at_ms: int | None = None) -> asyncio.Future[None] | None:
+        """`_engine_write` without a coroutine (`AsyncEngine.write_nowait`): the durability future, or None."""
+        on_visible = None if not self.observers else \
+            (lambda seq: self._changed(Change(key, old, encoded, seq, deleted_at_ms)))
+        return self.engine.write_nowait(storage_key(key), encoded, on_visible)[1]
+
     @property
     def node_id(self) -> NodeId:
         return ids.node_of(self.actor)
@@ -272,9 +307,30 @@ class Replica:
         caller is cancelled (a dropped connection cancels its handlers): releasing the lock before the fsync
         would let a lock-free read see a version that is not durable. A failed put of our own new version
         (`own`) renews the actor: the version may be visible in memory without being durable."""
+        encoded = versions.encode_record(record)
+        if not self.engine.engine.write_would_stall():  # the usual case: no task, the write applied right here
+            try:
+                durable = self._engine_write_nowait(key, encoded, previous, deleted_at(record))
+            except StorageError:
+                if own:
+                    await self._renew()
+                raise
+            if durable is None:
+                return
+            try:
+                await asyncio.shield(durable)
+            except asyncio.CancelledError:
+                await asyncio.wait([durable])
+                if durable.exception() is not None and own:
+                    await self._renew()
+                raise
+            except StorageError:
+                if own:
+                    await self._renew()
+                raise
+            return
 
         async def put() -> None:
-            encoded = versions.encode_record(record)
             try:
                 await self._engine_write(key, encoded, previous, deleted_at(record))
             except StorageError:

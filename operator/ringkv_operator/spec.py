@@ -32,6 +32,7 @@ CONFIG_KEYS = frozenset({
     "drain_delay_s",
     "num_tokens", "capacity", "datacenter", "request_timeout_s", "gossip_interval_s", "phi_threshold",
     "hints_enabled", "hint_window_s", "hints_max_mb", "hint_delivery_mb_s", "ring_wait_s", "suspect_after_s",
+    "read_repair_chance", "speculative_read_ms",
     "aae_enabled", "aae_interval_s", "aae_ranges_per_s", "aae_mb_s", "aae_max_keys", "aae_tree_leaves",
     "tombstone_grace_s", "stream_mb_s", "metrics_auth", "security_reload_s", "http_max_connections",
     "http_header_timeout_s", "http_keepalive_s", "http_max_header_bytes",

@@ -47,6 +47,19 @@ class GatedEngine(AsyncEngine):
         self.parked.set()
         await self.gate.wait()  # "the fsync"
 
+    def write_nowait(self, key: bytes, value: bytes | None,
+                     on_visible: Any = None) -> tuple[int, asyncio.Future[None] | None]:
+        self.engine.write(key, value)  # visible at once, durable once the gate opens
+        self.parked.set()
+        durable = asyncio.get_running_loop().create_future()
+
+        async def fsync() -> None:
+            await self.gate.wait()
+            durable.set_result(None)
+
+        self._fsync = asyncio.ensure_future(fsync())
+        return 0, durable
+
 
 @asynccontextmanager
 async def replica_at(path: Path, quarantine_dir: Path | None = None) -> AsyncIterator[tuple[Replica, GatedEngine]]:

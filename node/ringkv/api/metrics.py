@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -93,6 +94,12 @@ class ClusterCollector(Collector):
                                   c.forwarded)
         yield CounterMetricFamily("ringkv_read_repairs", "Stale replicas sent a merged record by read repair",
                                   c.read_repairs)
+        spares = CounterMetricFamily("ringkv_read_spares", "Reads that asked a replica beyond R, by why: "
+                                     "speculative (R answers were late), retry (an answer failed)",
+                                     labels=["reason"])
+        spares.add_metric(["speculative"], c.speculative_reads)
+        spares.add_metric(["retry"], c.read_retries)
+        yield spares
         yield CounterMetricFamily("ringkv_quorum_failures", "Requests answered 503 for want of a quorum",
                                   c.quorum_failures)
         h = node.hints
@@ -391,6 +398,8 @@ class NodeMetrics:
 
     def middleware(self) -> Middleware:
         requests, latency, errors, recent = self.requests, self.latency, self.errors, self.recent
+        counters: dict[tuple[str, str, int], Any] = {}
+        histograms: dict[tuple[str, str], Any] = {}
 
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -412,8 +421,16 @@ class NodeMetrics:
                 route = resource.canonical if resource is not None else "unmatched"
                 method = request.method if request.method in KNOWN_METHODS else "other"
                 seconds = time.perf_counter() - started
-                requests.labels(route, method, str(status)).inc()
-                latency.labels(route, method).observe(seconds)
+                # The labelled children, looked up once per (route, method, status): `labels()` costs more
+                # than the increment. Bounded: routes and methods are fixed sets, statuses a few dozen.
+                counter = counters.get((route, method, status))
+                if counter is None:
+                    counter = counters[(route, method, status)] = requests.labels(route, method, str(status))
+                counter.inc()
+                histogram = histograms.get((route, method))
+                if histogram is None:
+                    histogram = histograms[(route, method)] = latency.labels(route, method)
+                histogram.observe(seconds)
                 kind = RECENT_KINDS.get(route)
                 if kind is not None:
                     recent.observe(kind, seconds, time.monotonic())

@@ -22,6 +22,8 @@ async def _json_body(request: web.Request) -> bytes:
         raise UnsupportedMediaTypeError("unsupported_media_type", "request body must be application/json")
     if request.app[keys.STATE].stopping:
         raise ShuttingDownError("the node is shutting down")
+    if request.content.is_eof():  # the whole body came with the headers (the usual case): nothing to wait for
+        return await request.read()
     try:  # bounded by client_max_size (413 before any parsing) and in time (a body trickled in is dropped)
         async with asyncio.timeout(request.app[keys.CONFIG].http_header_timeout_s):
             return await request.read()

@@ -184,7 +184,7 @@ class ClusterNode:
         self.coordinator = Coordinator(
             self.node_id, self.replica, self.peers, self.hints,
             QuorumSettings(cfg.replication_factor, cfg.read_quorum, cfg.write_quorum, cfg.request_timeout_s,
-                           cfg.suspect_after_s),
+                           cfg.suspect_after_s, cfg.read_repair_chance, cfg.speculative_read_ms / 1000),
             self.gossiper.is_up, self._peer_address, hints_enabled=cfg.hints_enabled,
             down_for=self.gossiper.down_for, hint_limiter=limiter, departed=self._departed,
             leaving=self._leaving,

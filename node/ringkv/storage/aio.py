@@ -85,6 +85,21 @@ class AsyncEngine:
             await self._durable(ticket)
         return seq
 
+    def write_nowait(self, key: bytes, value: bytes | None,
+                     on_visible: Callable[[int], None] | None = None) -> tuple[int, asyncio.Future[None] | None]:
+        """`write` without a coroutine, for callers that must not be cancelled while a write is in flight:
+        applies the write now (visible at once, `on_visible(seq)` called before returning) and returns its
+        sequence number and a future done once it is durable (None: durable already). Only when
+        `write_would_stall()` is false; otherwise use `write`."""
+        ticket, seq = self.engine.write_entry(key, value)
+        if on_visible is not None:
+            on_visible(seq)
+        if self.engine.is_durable(ticket):
+            return seq, None
+        future = self._durable(ticket)
+        assert isinstance(future, asyncio.Future)
+        return seq, future
+
     async def put(self, key: bytes, value: bytes) -> int:
         return await self.write(key, value)
 

@@ -150,6 +150,7 @@ class CommitLog:
                 raise StorageError(f"commit log is failed: {self._error}")
             if self._closing:
                 raise StorageError("commit log is closed")
+            was_empty = not self._buf
             self._buf += data
             self._appended += 1
             ticket = self._appended
@@ -157,7 +158,7 @@ class CommitLog:
                 if len(self._buf) >= _OFF_MODE_CHUNK:
                     self._write_buffer_locked()
                 self._durable = ticket
-            else:
+            elif was_empty:  # the sync thread waits only for an empty buffer to fill: wake it once, not per write
                 self._cond.notify_all()
             return ticket
 

@@ -3,9 +3,12 @@ which replicas read repair must fix."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ringkv.cluster import versions
 from ringkv.cluster.ids import NodeId
-from ringkv.cluster.quorum import ReadTally, WriteTally
+from ringkv.cluster.quorum import ReadTally, WriteTally, read_plan
 from ringkv.cluster.versions import Record
 
 A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
@@ -130,3 +133,22 @@ def test_a_replica_that_holds_an_old_copy_of_a_deleted_key_is_stale() -> None:
     merged = tally.merged()
     assert versions.is_deleted(merged)
     assert tally.stale(merged) == [B]
+
+
+# -- read_plan ---------------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from([f"n{i}" for i in range(6)]), min_size=1, max_size=6, unique=True),
+        st.sampled_from([f"n{i}" for i in range(6)]), st.integers(1, 6), st.booleans())
+def test_a_read_plan_asks_r_this_node_first_and_keeps_the_rest_as_spares(
+        order: list[str], local: str, required: int, everyone: bool) -> None:
+    nodes = [NodeId(n) for n in order]
+    first, spares = read_plan(nodes, NodeId(local), required, everyone)
+    assert sorted(first + spares) == sorted(nodes)  # every replica, each once
+    if NodeId(local) in nodes:
+        assert first[0] == NodeId(local)
+    assert [n for n in first + spares if n != NodeId(local)] == [n for n in nodes if n != NodeId(local)]
+    if everyone or required >= len(nodes):
+        assert spares == []
+    else:
+        assert len(first) == required

@@ -7,6 +7,7 @@ so tests wait for their effects with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -345,10 +346,83 @@ def test_read_repair_fixes_stale_replicas(tmp_path: Path) -> None:
                 assert not await stale.holds(key, new)
 
                 repairs = entry.coordinator.stats.read_repairs
+                # an R=2 read asks the entry node and one other; asking all three (as the sampled
+                # `read_repair_chance` of reads do) reaches a stale replica it would skip
+                entry.coordinator.settings = dataclasses.replace(SETTINGS, read_repair_chance=1.0)
                 merged = await entry.coordinator.get(key, r=2)
                 assert versions.live_values(merged) == [b"new"]
                 await until(functools.partial(stale.holds, key, new), f"{stale.id} repaired")
                 assert entry.coordinator.stats.read_repairs == repairs + 1
+
+    run(main())
+
+
+def _count_reads(cluster: Cluster, delay_s: dict[NodeId, float] | None = None) -> dict[NodeId, int]:
+    """Count (and optionally delay) the internode reads each member serves."""
+    counts = {n: 0 for n in cluster.members}
+    for node, member in cluster.members.items():
+        real = member.server.handlers["read"]
+
+        async def counting(body: Any, peer: str, node: NodeId = node, real: Any = real) -> Any:
+            counts[node] += 1
+            if delay_s and node in delay_s:
+                await asyncio.sleep(delay_s[node])
+            return await real(body, peer)
+
+        member.server.handlers["read"] = counting
+    return counts
+
+
+def test_a_read_asks_r_replicas_this_node_first(tmp_path: Path) -> None:
+    """R=2 of N=3: the coordinating replica reads its own record and asks one other node, not both."""
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            key = b"k"
+            pref = cluster.preference(key)
+            await cluster[pref[0]].coordinator.put(key, b"v", None, w=3)
+            entry = cluster[pref[1]].coordinator
+            entry.settings = dataclasses.replace(SETTINGS, read_repair_chance=0.0)
+            counts = _count_reads(cluster)
+            for _ in range(5):
+                assert versions.live_values(await entry.get(key, r=2)) == [b"v"]
+            assert counts[pref[1]] == 0  # its own record: no internode read
+            assert sorted(counts[n] for n in pref if n != pref[1]) == [0, 5]  # the same healthy peer each time
+            assert entry.stats.speculative_reads == entry.stats.read_retries == 0
+
+    run(main())
+
+
+def test_a_failed_read_asks_a_spare_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            key = b"k"
+            pref = cluster.preference(key)
+            await cluster[pref[0]].coordinator.put(key, b"v", None, w=3)
+            entry = cluster[pref[0]].coordinator
+            entry.settings = dataclasses.replace(SETTINGS, read_repair_chance=0.0, speculate_after_s=0.0)
+            await cluster[pref[1]].server.stop()  # not answering, yet still up by gossip
+            started = time.monotonic()
+            assert versions.live_values(await entry.get(key, r=2)) == [b"v"]
+            assert time.monotonic() - started < SETTINGS.timeout_s / 2  # no wait for a timeout
+            assert entry.stats.read_retries == 1
+
+    run(main())
+
+
+def test_a_late_read_is_answered_by_a_speculative_spare(tmp_path: Path) -> None:
+    """A replica that answers slowly costs a read the speculation delay, not its slowness."""
+    async def main() -> None:
+        async with cluster_of(3, tmp_path) as cluster:
+            key = b"k"
+            pref = cluster.preference(key)
+            await cluster[pref[0]].coordinator.put(key, b"v", None, w=3)
+            entry = cluster[pref[0]].coordinator
+            entry.settings = dataclasses.replace(SETTINGS, read_repair_chance=0.0, speculate_after_s=0.05)
+            counts = _count_reads(cluster, delay_s={pref[1]: 0.8})  # the peer asked first answers late
+            started = time.monotonic()
+            assert versions.live_values(await entry.get(key, r=2)) == [b"v"]
+            assert time.monotonic() - started < 0.5
+            assert entry.stats.speculative_reads == 1 and counts == {pref[0]: 0, pref[1]: 1, pref[2]: 1}
 
     run(main())
 
