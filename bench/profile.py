@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             loader = threading.Thread(target=load)
             before = cpu.sample(system.pids)
             loader.start()
-            gil = [] if args.all_threads else ["--gil"]
-            spies = [subprocess.Popen([py_spy, "record", *gil, "--nonblocking", "-r", str(args.rate), "-d",
+            gil = [] if args.all_threads else ["--gil", "--nonblocking"]
+            spies = [subprocess.Popen([py_spy, "record", *gil, "-r", str(args.rate), "-d",
                                        str(int(args.duration)), "-f", "raw", "-o", os.path.join(out, f"{name}.folded"),
                                        "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                      for name, pid in sorted(pids.items())]

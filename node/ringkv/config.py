@@ -29,7 +29,7 @@ class NodeConfig:
     port: int = 8080
     node_id: str = ""  # default: the host name
     durability: str = Durability.SYNC.value
-    memtable_mb: float = 8.0
+    memtable_mb: float = 32.0
     block_cache_mb: float = 64.0
     max_request_bytes: int = 64 * 1024
     log_format: str = "text"  # text | json

@@ -48,6 +48,7 @@ holder is not read); anti-entropy and hinted handoff close the gap. That is Dyna
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -122,6 +123,25 @@ class _Owed:
     targets: set[NodeId] = field(default_factory=set)
 
 
+@dataclass(eq=False)
+class _Replication:
+    """One write's replication in progress: who has settled, and the fallbacks its failed replicas share."""
+
+    owed: _Owed
+    preference: tuple[NodeId, ...]
+    settle: Callable[[NodeId, bool], None] | None
+    remaining: int
+    on_done: Callable[[_Owed], None]  # every target settled: nothing more is owed (not called on a stop)
+    fallbacks: list[NodeId] | None = None  # walked only when a replica fails (rarely)
+
+    def settled(self, node: NodeId, ok: bool) -> None:
+        if self.settle is not None:
+            self.settle(node, ok)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.on_done(self.owed)
+
+
 class Coordinator:
     def __init__(
         self,
@@ -157,7 +177,7 @@ class Coordinator:
         self.draining = False  # drained (`net/drain.py`): no client request is coordinated here any more
         self.in_flight = 0  # client requests being coordinated here
         self.stats = CoordinatorStats()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()  # tasks, and replication answers awaited
         self._owed: set[_Owed] = set()
         self._writes: set[asyncio.Task[Any]] = set()  # coordinate_write calls in flight
         self._delivering = asyncio.Lock()  # one delivery pass at a time, or a hint is sent and removed twice
@@ -348,7 +368,7 @@ class Coordinator:
         tally = WriteTally(required=w_required, asked=len(preference))
         tally.ack(self.node_id)
         if tally.succeeded:
-            self.spawn(self._replicate_rest(owed, preference, None))
+            self._replicate(owed, preference, None)
             return record
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -358,7 +378,7 @@ class Coordinator:
             if (tally.succeeded or tally.impossible) and not done.done():
                 done.set_result(None)
 
-        self.spawn(self._replicate_rest(owed, preference, settle))
+        self._replicate(owed, preference, settle)
         timer = loop.call_at(deadline, _settle_at_deadline, done)  # cheaper than a timeout context per write
         try:
             await done
@@ -369,15 +389,59 @@ class Coordinator:
             raise QuorumUnavailableError(w_required, len(tally.acked))
         return record
 
-    async def _replicate_rest(self, owed: _Owed, preference: tuple[NodeId, ...],
-                              settle: Callable[[NodeId, bool], None] | None) -> None:
-        """Send the record to every other replica; a failed one is replaced by a hinted fallback."""
-        fallbacks: list[NodeId] | None = None  # walked only when a replica fails (rarely)
+    def _replicate(self, owed: _Owed, preference: tuple[NodeId, ...],
+                   settle: Callable[[NodeId, bool], None] | None) -> None:
+        """Send the record to every other replica. A connected peer gets it straight from here (a future and
+        a callback each, no task: the usual case); any other, and any that fails, goes through
+        `_replicate_rest`, where a failed replica is replaced by a hinted fallback."""
+        targets = [n for n in preference if n != self.node_id]
+        if not targets:
+            self._owed.discard(owed)
+            return
+        progress = _Replication(owed, preference, settle, len(targets), self._owed.discard)
+        body = {"key": owed.key, "record": owed.encoded, "ring": self.ring_digest}
+        slow = []
+        for node in targets:
+            future = self._request(node, "replicate", body) if self.is_up(node) else None
+            if future is None:
+                slow.append(node)
+                continue
+            self._background.add(future)
+            future.add_done_callback(functools.partial(self._replicated, progress, node))
+        if slow:
+            self.spawn(self._replicate_rest(progress, slow))
+
+    def _request(self, node: NodeId, method: str, body: dict[str, Any]) -> asyncio.Future[Any] | None:
+        """`PeerClient.request` to `node` (None when that needs a coroutine: not connected, no address)."""
+        address = self.address_of(node)
+        if address is None:
+            return None
+        try:
+            return self.peers.get(node, *address).request(method, body, self.settings.timeout_s)
+        except NotDeliveredError:
+            return None
+
+    def _replicated(self, progress: _Replication, node: NodeId, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if future.cancelled():
+            return  # stopping: what is still owed is kept as hints
+        error = future.exception()
+        if error is None:
+            progress.owed.targets.discard(node)
+            progress.settled(node, True)
+        else:
+            log.info("replicating to %s failed: %s", node, error)
+            self.spawn(self._replicate_rest(progress, [node], tried=True))
+
+    async def _replicate_rest(self, progress: _Replication, nodes: list[NodeId], tried: bool = False) -> None:
+        """Replicate to `nodes` (already tried once and failed, when `tried`), each replaced by a hinted
+        fallback if it fails."""
+        owed, preference = progress.owed, progress.preference
         key, encoded = owed.key, owed.encoded
 
         async def one(node: NodeId) -> None:
             ok = False
-            if self.is_up(node):
+            if not tried and self.is_up(node):
                 try:
                     await self.call(node, "replicate", {"key": key, "record": encoded})
                     ok = True
@@ -385,18 +449,15 @@ class Coordinator:
                 except (TransportError, RemoteError) as e:
                     log.info("replicating to %s failed: %s", node, e)
             if not ok and self.hints_enabled:
-                nonlocal fallbacks
-                if fallbacks is None:
-                    fallbacks = self.fallbacks(key, preference)  # shared: two failed replicas get two stand-ins
-                ok = await self._hint(node, key, encoded, fallbacks)
+                if progress.fallbacks is None:  # shared: two failed replicas get two stand-ins
+                    progress.fallbacks = self.fallbacks(key, preference)
+                ok = await self._hint(node, key, encoded, progress.fallbacks)
                 owed.targets.discard(node)
             elif not ok:
                 owed.targets.discard(node)  # hints disabled: nothing is owed by design
-            if settle is not None:
-                settle(node, ok)
+            progress.settled(node, ok)
 
-        await asyncio.gather(*(one(n) for n in preference if n != self.node_id))
-        self._owed.discard(owed)  # not on cancellation: `stop` keeps what is still owed as hints
+        await asyncio.gather(*(one(n) for n in nodes))
 
     async def _hint(self, target: NodeId, key: bytes, encoded: bytes, fallbacks: list[NodeId]) -> bool:
         """Hand the record to a fallback node as a hint for `target`. True if that counts toward W."""

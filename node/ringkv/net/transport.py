@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -518,6 +519,30 @@ class PeerClient:
         finally:
             self._pending.pop(request_id, None)
             self._sent_at.pop(request_id, None)
+
+    def request(self, method: str, body: Any, timeout_s: float) -> asyncio.Future[Any] | None:
+        """`call` without a coroutine, when connected: the frame joins this iteration's write and the future
+        of the answer is returned (failing with TransportError on a timeout or a lost connection, with
+        RemoteError on an error answer). None when not connected or at the pending bound (use `call`).
+        Raises NotDeliveredError for a frame over the limit. Cancelling the future forgets the call."""
+        out = self._out
+        if out is None or out.is_closing() or len(self._pending) >= MAX_PENDING_CALLS:
+            return None
+        request_id = next(self._ids)
+        frame = _pack([_REQUEST, request_id, method, body])
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[request_id] = future
+        self._sent_at[request_id] = time.monotonic()
+        out.write(frame)
+        timer = loop.call_later(timeout_s, _expire, future, method, self.host, self.port, timeout_s)
+        future.add_done_callback(functools.partial(self._request_done, request_id, timer))
+        return future
+
+    def _request_done(self, request_id: int, timer: asyncio.TimerHandle, future: asyncio.Future[Any]) -> None:
+        timer.cancel()
+        self._pending.pop(request_id, None)
+        self._sent_at.pop(request_id, None)
 
     async def close(self) -> None:
         if self._reader_task is not None:

@@ -11,8 +11,10 @@ File numbers for segments and tables come from one counter.
 
 Write path: under the write lock, take the next sequence number, append the record to the commit log, put
 the entry in the active memtable; then (outside the lock) wait until the log says the record is durable.
-When the memtable reaches `memtable_bytes` it is frozen and the log rotates, so each segment holds exactly
-one memtable. Frozen memtables are flushed to SSTables by the background thread, oldest first; writers stall
+When the memtable holds `memtable_bytes`, or when `LOG_FACTOR` times that was written to it (overwrites of a
+hot set that fits in the memtable would otherwise grow its commit-log segment without bound, and with it the
+replay at the next start), it is frozen and the log rotates, so each segment holds exactly one memtable.
+Frozen memtables are flushed to SSTables by the background thread, oldest first; writers stall
 when `max_immutable_memtables` are waiting.
 
 Read path: active memtable, frozen memtables (newest first), then tables newest first; for a table the key
@@ -47,6 +49,7 @@ from ringkv.storage.sstable import SSTableReader, SSTableWriter, table_name
 from ringkv.storage.wal import CommitLog, Durability, DurableCallback, list_segments, read_segments
 
 log = logging.getLogger("ringkv.storage")
+LOG_FACTOR = 4  # a memtable is frozen once this many times `memtable_bytes` went through it
 
 
 def _wall_clock_ms() -> int:
@@ -57,7 +60,7 @@ def _wall_clock_ms() -> int:
 class EngineOptions:
     durability: Durability = Durability.SYNC
     batch_interval_s: float = 0.002
-    memtable_bytes: int = 8 * 1024 * 1024
+    memtable_bytes: int = 32 * 1024 * 1024
     max_immutable_memtables: int = 4
     block_bytes: int = 4096
     bloom_bits_per_key: float = 10.0
@@ -239,7 +242,9 @@ class Engine:
             ticket = self._wal.append(entry)
             view = self._view
             view.active.put(entry)
-            if view.active.approximate_bytes >= self.options.memtable_bytes:
+            active = view.active
+            if active.approximate_bytes >= self.options.memtable_bytes or \
+                    active.logged_bytes >= self.options.memtable_bytes * LOG_FACTOR:
                 self._freeze_locked()
         if value is None:
             self.stats.deletes += 1
@@ -266,7 +271,8 @@ class Engine:
         """True when the next write may block waiting for flushes (async callers move it to a thread)."""
         view = self._view
         return (len(view.frozen) >= self.options.max_immutable_memtables
-                and view.active.approximate_bytes >= self.options.memtable_bytes * 0.9)
+                and (view.active.approximate_bytes >= self.options.memtable_bytes * 0.9
+                     or view.active.logged_bytes >= self.options.memtable_bytes * LOG_FACTOR * 0.9))
 
     def _freeze_locked(self) -> None:
         """Freeze the active memtable and rotate the log. Caller holds the write lock."""

@@ -26,7 +26,8 @@ class Memtable:
         self._map: dict[bytes, Entry] = {}
         self._sorted: list[bytes] | None = []
         self._generation = 0  # bumped whenever a new key arrives
-        self.approximate_bytes = 0
+        self.approximate_bytes = 0  # what it holds (an overwrite replaces)
+        self.logged_bytes = 0  # what was written to it, overwrites included: its commit-log segment's size
         self.max_seq = 0
 
     def __len__(self) -> int:
@@ -36,6 +37,7 @@ class Memtable:
         old = self._map.get(entry.key)
         self._map[entry.key] = entry
         size = len(entry.value) if entry.value is not None else 0
+        self.logged_bytes += len(entry.key) + size + ENTRY_OVERHEAD_BYTES
         if old is None:
             self._generation += 1
             self._sorted = None

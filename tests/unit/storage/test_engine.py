@@ -16,7 +16,7 @@ import pytest
 from ringkv.errors import CorruptionError, EngineClosedError, StorageError
 from ringkv.storage import manifest
 from ringkv.storage.compaction import CompactionPolicy
-from ringkv.storage.engine import Engine, EngineOptions
+from ringkv.storage.engine import LOG_FACTOR, Engine, EngineOptions
 from ringkv.storage.entry import Entry
 from ringkv.storage.wal import CommitLog, Durability, list_segments, segment_name
 
@@ -586,3 +586,23 @@ def test_full_compaction_purges_expired_tombstones_from_a_single_table(tmp_path)
         assert db.compact(full=True)
         assert list(db.scan_entries()) == []
         assert db.table_count == 0
+
+
+def test_overwriting_a_hot_set_smaller_than_the_memtable_still_bounds_the_commit_log(tmp_path: Path) -> None:
+    """A memtable that never fills (a few keys overwritten) is frozen once LOG_FACTOR x its size went through
+    its commit-log segment: the log does not grow without bound, nor the replay at the next start."""
+    limit = 64 * 1024
+    engine = Engine.open(str(tmp_path / "db"), EngineOptions(durability=Durability.OFF, memtable_bytes=limit))
+    try:
+        for i in range(3000):  # ~3 MB written, 10 live keys (~10 KB): the memtable alone would never fill
+            engine.put(b"hot%d" % (i % 10), b"%06d" % i + b"v" * 1000)
+        deadline = time.monotonic() + WAIT_S
+        while engine._view.frozen:  # the background thread flushes them and deletes their segments
+            assert time.monotonic() < deadline, "frozen memtables were not flushed"
+            time.sleep(0.01)
+        logs = sum(p.stat().st_size for p in (tmp_path / "db").glob("wal-*.log"))
+        assert logs <= (LOG_FACTOR + 2) * limit, f"{logs} bytes of commit log for ~10 KB of data"
+        assert engine.stats.flushes >= 1
+        assert engine.get(b"hot9") == b"%06d" % 2999 + b"v" * 1000
+    finally:
+        engine.close()
