@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -23,9 +24,15 @@ from ringkv.storage.entry import Entry
 class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Writes waiting for durability, in the order they were made; one commit-log callback at a time
+        # covers the newest of them (durability is a prefix of the log), so an fsync that makes a hundred
+        # writes durable costs the log thread one callback and the loop one wake-up, not a hundred of each.
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._watching = 0  # the ticket the outstanding commit-log callback waits for (0: none)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._settle_lock = threading.Lock()
-        self._settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
         self._wakeup_pending = False
+        self._log_error: BaseException | None = None
         self.unreported = 0  # writes running in a thread: possibly visible, `on_visible` not yet called
         self.unreported_started = 0
 
@@ -34,32 +41,44 @@ class AsyncEngine:
         return cls(await asyncio.to_thread(Engine.open, path, options))
 
     def _durable(self, ticket: int) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def from_log_thread(error: BaseException | None) -> None:
-            # One fsync makes many tickets durable at once: queue them and wake the loop once, not per write.
-            with self._settle_lock:
-                self._settled.append((future, error))
-                if self._wakeup_pending:
-                    return
-                self._wakeup_pending = True
-            loop.call_soon_threadsafe(self._settle_all)
-
-        self.engine.when_durable(ticket, from_log_thread)
+        self._waiting.append((ticket, future))
+        if not self._watching:
+            self._watch(ticket)
         return future
+
+    def _watch(self, ticket: int) -> None:
+        self._watching = ticket
+        self.engine.when_durable(ticket, self._from_log_thread)
+
+    def _from_log_thread(self, error: BaseException | None) -> None:
+        # On the commit-log thread (or right here, when the ticket was durable already): wake the loop once.
+        with self._settle_lock:
+            if error is not None:
+                self._log_error = error
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle_all)
 
     def _settle_all(self) -> None:
         with self._settle_lock:
-            settled, self._settled = self._settled, []
             self._wakeup_pending = False
-        for future, error in settled:
+            error = self._log_error
+        self._watching = 0
+        waiting, is_durable = self._waiting, self.engine.is_durable
+        while waiting and (error is not None or is_durable(waiting[0][0])):
+            _, future = waiting.popleft()
             if future.done():
                 continue
             if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(StorageError(f"commit log write failed: {error}"))
+        if waiting:  # made after the fsync that woke us: watch the newest
+            self._watch(max(ticket for ticket, _ in waiting))
 
     async def write(self, key: bytes, value: bytes | None,
                     on_visible: Callable[[int], None] | None = None) -> int:
