@@ -12,7 +12,7 @@ bench:  ## the storage engine next to sqlite3
 	bash tools/bootstrap && .venv/bin/python bench/engine.py
 bench-http:  ## one node over HTTP next to an aiohttp hello-world
 	bash tools/bootstrap && .venv/bin/python bench/http_node.py
-bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis (installs them when missing)
+bench-compare:  ## a 3-node cluster next to a 3-member etcd and Redis, driven by wrk and ringkv bench, with CPU µs/op per process (installs etcd, redis, wrk when missing)
 	bash tools/bootstrap && .venv/bin/python bench/compare.py
 faults:  ## the nemesis soak: 5 seeds x 150 s, 5 nodes in network namespaces (root); SEEDS=, DURATION= override
 	bash tools/bootstrap && .venv/bin/python bench/faults.py --seeds $(or $(SEEDS),5) --duration $(or $(DURATION),150)
@@ -22,6 +22,9 @@ manifests:  ## regenerate manifests/ from the chart
 	bash tools/bootstrap && .venv/bin/python tools/render-manifests
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis
+.PHONY: profile
+profile:  ## py-spy profile of node n1 of a 3-node cluster under wrk; WORKLOAD=put|get|mixed, DURATION= override
+	bash tools/bootstrap && .venv/bin/pip install -q py-spy && .venv/bin/python bench/profile.py --workload $(or $(WORKLOAD),put) --duration $(or $(DURATION),20)
 .PHONY: antientropy-bench
 antientropy-bench:  ## anti-entropy repair of 1% stale keys (100k x 1 KB, 3 nodes) next to a naive full comparison, and its CPU cost; KEYS=, CPU_WINDOW= override
 	bash tools/bootstrap && .venv/bin/python bench/antientropy.py --keys $(or $(KEYS),100000) --cpu-window $(or $(CPU_WINDOW),60)

@@ -195,16 +195,29 @@ class Running:
 
 
 @contextlib.contextmanager
-def ringkv_cluster(root: str, taken: set[int], node_args: Sequence[str] = ()) -> Iterator[Running]:
+def ringkv_cluster(root: str, taken: set[int], node_args: Sequence[str] = (),
+                   code: str | None = None) -> Iterator[Running]:
+    """A local 3-node cluster; `code`: a checkout whose `node/` the nodes run instead (A/B against a commit)."""
     data_dir = os.path.join(root, "ringkv")
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = os.path.join(os.path.abspath(code), "node")
     base = ringkv_base_port(3, taken)
     log(f"starting ringkv: 3 nodes on ports {base}-{base + 2}, data in {data_dir}")
     try:
-        cluster = local.up(data_dir, nodes=3, base_port=base, replication=3, durability="sync",
-                           extra_args=["--write-quorum", "2", "--read-quorum", "2", "--log-level", "warning",
-                                       *node_args])
+        try:
+            cluster = local.up(data_dir, nodes=3, base_port=base, replication=3, durability="sync",
+                               extra_args=["--write-quorum", "2", "--read-quorum", "2", "--log-level", "warning",
+                                           *node_args])
+        finally:
+            if code is not None:
+                if saved is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved
         yield Running("ringkv", "ringkv", tuple(n.url for n in cluster.nodes),
-                      f"ringkv {__version__}: 3 nodes, RF 3, W 2, R 2, durability sync",
+                      f"ringkv {__version__}: 3 nodes, RF 3, W 2, R 2, durability sync"
+                      + ("" if code is None else f" (the nodes run the code in {code})"),
                       tuple(n.pid for n in cluster.nodes), {n.pid: n.node_id for n in cluster.nodes})
     finally:
         log("stopping ringkv")
@@ -279,6 +292,7 @@ class Outcome:
     server_cpu_us: dict[str, float]  # server process (node / member name) -> CPU µs per successful operation
     client_cpu_us: float  # the load generator's CPU µs per operation
     machine_busy: float  # share of all cores busy during the run (0..1)
+    stolen: float = 0.0  # share of all cores' time the hypervisor gave to other guests during the run (0..1)
     run: RunResult | None = None  # `ringkv bench` only: per-operation detail
 
     @property
@@ -331,7 +345,7 @@ def measure_bench(system: Running, args: argparse.Namespace, workload: str) -> O
             errors[kind] = errors.get(kind, 0) + n
     latency = {percentile_label(q): percentiles[q] / 1000 for q in PERCENTILES}
     return Outcome("bench", ok, result.elapsed_s, errors, latency, _per_op(used, system.names, ok),
-                   client_s * 1e6 / ok if ok else 0.0, used.machine_busy, result)
+                   client_s * 1e6 / ok if ok else 0.0, used.machine_busy, used.stolen, result)
 
 
 def measure_wrk(system: Running, args: argparse.Namespace, workload: str, binary: str) -> Outcome:
@@ -347,7 +361,7 @@ def measure_wrk(system: Running, args: argparse.Namespace, workload: str, binary
     latency = {percentile_label(q): wrk.merged_percentile(results, q) / 1000 for q in PERCENTILES}
     ok = combined.ok
     return Outcome("wrk", ok, combined.duration_s, combined.errors, latency, _per_op(used, system.names, ok),
-                   used.children_s * 1e6 / ok if ok else 0.0, used.machine_busy)
+                   used.children_s * 1e6 / ok if ok else 0.0, used.machine_busy, used.stolen)
 
 
 def measure(system: Running, args: argparse.Namespace, out: Measured, wrk_binary: str | None) -> None:
@@ -376,7 +390,7 @@ def measure(system: Running, args: argparse.Namespace, out: Measured, wrk_binary
             log(f"{system.name} {workload} ({name}): {outcome.ops_per_s:,.0f} ops/s, p99 "
                 f"{outcome.latency_ms['p99']:.2f} ms, {sum(outcome.errors.values())} errors; CPU µs/op "
                 f"{outcome.cpu_us:,.0f} ({nodes}), client {outcome.client_cpu_us:,.0f}, machine "
-                f"{outcome.machine_busy:.0%} busy")
+                f"{outcome.machine_busy:.0%} busy, {outcome.stolen:.0%} stolen by the hypervisor")
 
 
 def run(args: argparse.Namespace) -> Measured:
@@ -389,7 +403,7 @@ def run(args: argparse.Namespace) -> Measured:
     try:
         for name in args.systems:
             if name == "ringkv":
-                with ringkv_cluster(root, taken, shlex.split(args.ringkv_args)) as running:
+                with ringkv_cluster(root, taken, shlex.split(args.ringkv_args), args.ringkv_code) as running:
                     measure(running, args, out, wrk_binary)
                 continue
             binary_name = "etcd" if name == "etcd" else "redis-server"
@@ -447,8 +461,8 @@ def summary_table(m: Measured, workloads: list[str], drivers: list[str]) -> str:
 def cpu_table(m: Measured, workloads: list[str], drivers: list[str]) -> str:
     """CPU µs per operation of every server process, the load generator's, and how busy the machine was."""
     heads = ["workload", "load generator", "system", "ops/s", "server processes: CPU µs/op", "sum",
-             "load generator µs/op", "machine busy", "errors"]
-    lines = ["| " + " | ".join(heads) + " |", "|---|---|---|---:|---|---:|---:|---:|---|"]
+             "load generator µs/op", "machine busy", "stolen", "errors"]
+    lines = ["| " + " | ".join(heads) + " |", "|---|---|---|---:|---|---:|---:|---:|---:|---|"]
     for w in workloads:
         for d in drivers:
             for s in SYSTEMS:
@@ -458,7 +472,8 @@ def cpu_table(m: Measured, workloads: list[str], drivers: list[str]) -> str:
                 nodes = ", ".join(f"{n} {us:,.0f}" for n, us in r.server_cpu_us.items())
                 errors = ", ".join(f"{n} {kind}" for kind, n in sorted(r.errors.items())) or "0"
                 lines.append("| " + " | ".join([w, DRIVER_NAMES[d], s, f"{r.ops_per_s:,.0f}", nodes, f"{r.cpu_us:,.0f}",
-                                                f"{r.client_cpu_us:,.0f}", f"{r.machine_busy:.0%}", errors]) + " |")
+                                                f"{r.client_cpu_us:,.0f}", f"{r.machine_busy:.0%}",
+                                                f"{r.stolen:.0%}", errors]) + " |")
     return "\n".join(lines)
 
 
@@ -616,6 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ringkv-args", default="", help="extra `ringkv node` flags for the ringkv nodes (experiments)")
+    p.add_argument("--ringkv-code", default=None,
+                   help="a checkout (git worktree) whose node/ the ringkv nodes run: A/B against another commit")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of ringkv,etcd,redis")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of put,get,mixed")
     p.add_argument("--no-install", dest="install", action="store_false",

@@ -73,8 +73,34 @@ def read_folded(path: str) -> Profile:
     return Profile(samples, self_counts, inclusive)
 
 
-def report(name: str, profile: Profile, top: int) -> str:
-    lines = [f"== {name}: {profile.samples} samples", "", "self:"]
+def entry_points(path: str) -> tuple[int, collections.Counter[str]]:
+    """The event-loop thread's samples by the callback the loop was running (the frame after `Runner.run`):
+    an HTTP request (`RequestHandler._handle_request`), an internode request (`TransportServer._answer`),
+    epoll and the loop itself (`(loop)`), ... Returns (main-thread samples, counts)."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue
+            frames = [frame_name(fr) for fr in stack.split(";")]
+            at = next((i for i, fr in enumerate(frames) if fr.startswith("Runner.run ")), None)
+            if at is None:
+                continue
+            total += int(count)
+            counts[frames[at + 1] if at + 1 < len(frames) else "(loop: epoll, uvloop)"] += int(count)
+    return total, counts
+
+
+def report(name: str, profile: Profile, top: int, path: str | None = None) -> str:
+    lines = [f"== {name}: {profile.samples} samples", ""]
+    if path is not None:
+        total, counts = entry_points(path)
+        lines += [f"event-loop thread by entry point ({total} samples):"]
+        lines += [f"  {n / max(1, total):6.1%}  {fn}" for fn, n in counts.most_common(12)]
+        lines += [""]
+    lines += ["self:"]
     for fn, n in profile.self_counts.most_common(top):
         lines.append(f"  {n / profile.samples:6.1%}  {fn}")
     lines += ["", "inclusive:"]
@@ -147,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(pids):
         path = os.path.join(out, f"{name}.folded")
         if Path(path).exists():
-            text = report(name, read_folded(path), args.top)
+            text = report(name, read_folded(path), args.top, path)
             print(text)
             with open(os.path.join(out, f"{name}.txt"), "w") as f:
                 f.write(text + "\n")

@@ -131,7 +131,7 @@ def test_compare_drives_ringkv_with_wrk_too(compare: CompareRun) -> None:
         pytest.skip("wrk is not installed (apt-get install wrk): compare.py ran ringkv bench only")
     for workload in ("put", "get", "mixed"):
         row = re.search(rf"\| {workload} \| wrk \| ringkv \| ([\d,]+) \| (n\d [\d,]+(, )?){{3}} \| [\d,]+ \| [\d,]+ \| "
-                        rf"\d+% \| (\S+) \|", compare.doc)
+                        rf"\d+% \| \d+% \| (\S+) \|", compare.doc)
         assert row, compare.doc
         assert int(row.group(1).replace(",", "")) > 0
         assert row.group(4) == "0", f"wrk saw errors: {row.group(0)}"  # non-2xx answers would flatter the figure

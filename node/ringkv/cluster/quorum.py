@@ -66,10 +66,10 @@ class ReadTally:
         return self.asked - len(self.failed) < self.required
 
     def merged(self) -> Record:
-        result = versions.empty_record()
+        result: Record | None = None
         for record in self.replies.values():
-            result = versions.merge(result, record)
-        return result
+            result = record if result is None else versions.merge(result, record)  # equal replies: no work
+        return versions.empty_record() if result is None else result
 
     def stale(self, merged: Record) -> list[NodeId]:
         """Replicas whose reply lacks something the merged record has (read repair targets)."""

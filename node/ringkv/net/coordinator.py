@@ -203,7 +203,9 @@ class Coordinator:
 
     def healthy_first(self, nodes: list[NodeId]) -> list[NodeId]:
         """`nodes` that are up, the silent ones last (stable: ring order otherwise)."""
-        return sorted((n for n in nodes if self.is_up(n)), key=self.silent)
+        up = [n for n in nodes if self.is_up(n)]
+        silent = [n for n in up if self.silent(n)]
+        return up if not silent else [n for n in up if n not in silent] + silent
 
     def fallbacks(self, key: bytes, preference: tuple[NodeId, ...]) -> list[NodeId]:
         """Healthy nodes past the preference list, in ring order, silent ones last (sloppy-quorum stand-ins)."""
@@ -568,8 +570,8 @@ class Coordinator:
                 task.cancel()
             raise QuorumUnavailableError(r_required, len(tally.replies), "read")
         merged = tally.merged()
-        if len(asks) > 1:
-            self.spawn(self._read_repair(key, asks, tally))
+        if len(asks) > 1 and (len(tally.replies) + len(tally.failed) < len(asks) or tally.stale(merged)):
+            self.spawn(self._read_repair(key, asks, tally))  # answers to come, or a stale one to repair now
         return merged
 
     async def _read_repair(self, key: bytes, asks: list[asyncio.Task[None]], tally: ReadTally) -> None:
