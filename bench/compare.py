@@ -668,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.chart != "-":
         if charts.available():
             data = chart_data(measured, list(args.workloads), list(args.drivers))
-            charts.latency_percentiles(data, args.chart, f"latency percentiles, {args.connections} connections, "
+            charts.latency_percentiles(data, args.chart, f"latency percentiles: wrk {args.wrk_connections} "
+                                       f"connections per node, ringkv bench {args.connections}; "
                                        f"{args.value_size}-byte values (log scale)")
             log(f"wrote {args.chart}")
             base = os.path.dirname(os.path.abspath(args.out)) if args.out != "-" else os.getcwd()
