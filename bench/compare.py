@@ -428,6 +428,11 @@ def run(args: argparse.Namespace) -> Measured:
 DRIVER_NAMES = {"wrk": "wrk", "bench": "ringkv bench"}
 
 
+def ms(result: RunResult, q: float) -> float:
+    """The q-th latency percentile of a `ringkv bench` result, in ms (bench/tls.py uses it too)."""
+    return result.overall().latency_us.percentile(q) / 1000
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "-"
 
